@@ -1,0 +1,1 @@
+"""hysac: safety-aware vision-language embeddings in hyperbolic space."""

@@ -1,0 +1,41 @@
+"""Backbone registry: ``build_backbone(config)`` rebuilds a backbone from the dict its ``config()`` returned."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import Backbone
+
+_REGISTRY: dict[str, Callable[[dict[str, Any]], Backbone]] = {}
+
+
+def register_backbone(kind: str):
+    """Class decorator registering ``cls.from_config`` under ``kind``."""
+
+    def deco(cls):
+        _REGISTRY[kind] = cls.from_config
+        cls.kind = kind
+        return cls
+
+    return deco
+
+
+def build_backbone(config: dict[str, Any]) -> Backbone:
+    """Build the backbone described by ``config`` (must hold ``kind``)."""
+    _load_builtin()
+    kind = config.get("kind")
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown backbone kind {kind!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[kind](config)
+
+
+def _load_builtin() -> None:
+    # Import for the side effect of registration; kept lazy so `import hysac` stays light.
+    from . import clip  # noqa: F401
+    try:
+        from . import mini  # noqa: F401
+    except ImportError:  # mini deps missing: clip still works
+        pass
+
+
+__all__ = ["Backbone", "build_backbone", "register_backbone"]
