@@ -26,6 +26,8 @@ def build_backbone(config: dict[str, Any]) -> Backbone:
     kind = config.get("kind")
     if kind not in _REGISTRY:
         raise ValueError(f"unknown backbone kind {kind!r}; known: {sorted(_REGISTRY)}")
+    if kind != "clip":  # only the CLIP backbone reads preprocessing files saved beside the checkpoint
+        config = {k: v for k, v in config.items() if k != "_root"}
     return _REGISTRY[kind](config)
 
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with hysac and its test dependencies (idempotent).
+# torch is pinned to the CPU build first so that no multi-GB CUDA wheel is pulled in; on a GPU machine install
+# the torch build you want before running this script (any torch >= 2.1 satisfies the package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install --quiet "torch==${HYSAC_TORCH_VERSION:-2.13.0}"
+fi
+python -m pip install --quiet -e ".[dev]"
+echo "hysac $(python -c 'import importlib.metadata as m; print(m.version("hysac"))') ready in .venv (torch $(python -c 'import torch; print(torch.__version__)'))"

@@ -1,0 +1,98 @@
+"""Unsafe-content classification of texts and images: score, decision, categories — one result per input.
+
+Used by ``hysac classify`` and ``POST /classify``. Inputs that cannot be processed (empty line, undecodable bytes,
+unreadable image) get a per-input ``error`` instead of stopping the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import InputError
+from .images import load_image
+from .model import HySAC
+from .safety import CATEGORIES
+
+
+@dataclass
+class Classification:
+    input: str
+    modality: str
+    score: float | None = None
+    unsafe: bool | None = None
+    threshold: float | None = None
+    categories: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"input": self.input, "modality": self.modality, "score": self.score, "unsafe": self.unsafe,
+               "threshold": self.threshold, "categories": self.categories}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def read_text_lines(path: str | Path) -> list[tuple[str, str | None]]:
+    """Read one input per line. Returns (text or raw repr, error or None) per line; bad lines get an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"text file not found: {path}")
+    out: list[tuple[str, str | None]] = []
+    for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            out.append((repr(raw[:60]), f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})"))
+            continue
+        out.append((line, None if line else f"{path}:{i}: empty line"))
+    return out
+
+
+def _fill(model: HySAC, results: list[Classification], idx: list[int], emb: torch.Tensor, modality: str,
+          threshold: float | None) -> None:
+    if not idx:
+        return
+    scores = model.score(emb)
+    theta = model.unsafe_threshold(modality) if threshold is None else float(threshold)  # type: ignore[arg-type]
+    cats = model.categorize(emb)
+    for j, i in enumerate(idx):
+        r = results[i]
+        r.score = float(scores[j])
+        r.threshold = theta
+        r.unsafe = bool(scores[j] > theta)
+        if cats is not None:
+            r.categories = {name: round(float(p), 4) for name, p in zip(CATEGORIES, cats[j])}
+
+
+def classify_texts(model: HySAC, items: Sequence[str | tuple[str, str | None]], threshold: float | None = None,
+                   batch_size: int = 256) -> list[Classification]:
+    """Classify texts; ``items`` may carry a pre-computed per-line error (see :func:`read_text_lines`)."""
+    pairs = [(it, None) if isinstance(it, str) else it for it in items]
+    results = [Classification(input=t, modality="text", error=err) for t, err in pairs]
+    for r in results:
+        if r.error is None and not r.input.strip():
+            r.error = "empty text"
+    ok = [i for i, r in enumerate(results) if r.error is None]
+    emb = model.encode_text([results[i].input for i in ok], batch_size=batch_size)
+    _fill(model, results, ok, emb, "text", threshold)
+    return results
+
+
+def classify_images(model: HySAC, paths: Sequence[str | Path], threshold: float | None = None,
+                    batch_size: int = 32) -> list[Classification]:
+    """Classify image files; unreadable ones get a per-input error naming the file."""
+    results = [Classification(input=str(p), modality="image") for p in paths]
+    images, ok = [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(load_image(p))
+            ok.append(i)
+        except InputError as e:
+            results[i].error = str(e)
+    emb = model.encode_image(images, batch_size=batch_size)
+    _fill(model, results, ok, emb, "image", threshold)
+    return results

@@ -1,0 +1,257 @@
+"""``hysac`` command line: a thin typer layer over the library.
+
+Every command turns :class:`hysac.errors.HySACError` into a one-line message on stderr and exit code 2 — never a
+traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HySACError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Safety-aware vision-language embeddings in hyperbolic space (HySAC).")
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Model name (e.g. hysac-mini), local folder or hub repo id. "
+                                                    "Default: the shipped offline model.")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def friendly(fn):
+    """Run a command body, mapping expected errors to a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HySACError as e:
+            _fail(str(e))
+        except FileNotFoundError as e:
+            _fail(f"file not found: {e.filename or e}")
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _load(model: Optional[str]):
+    from .model import load_model
+
+    return load_model(model)
+
+
+@app.command()
+@friendly
+def models() -> None:
+    """List the named pretrained models."""
+    from .pretrained import REGISTRY, list_pretrained
+
+    for name in list_pretrained():
+        e = REGISTRY[name]
+        where = "shipped" if e.local_dir is not None else f"hub: {e.hub_repo}"
+        typer.echo(f"{name:20s} {where:28s} {e.description}")
+
+
+@app.command()
+@friendly
+def classify(
+    text: List[str] = typer.Option([], "--text", "-t", help="Text to classify (repeatable)."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="File with one text per line."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image file or folder (repeatable)."),
+    model: Optional[str] = ModelOpt,
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold on the score (default: the model's)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per input, in input order."),
+) -> None:
+    """Score texts and images: distance from the origin (higher = more unsafe), unsafe flag, categories."""
+    from .classify import classify_images, classify_texts, read_text_lines
+    from .images import expand_image_paths
+
+    items: list = list(text)
+    if text_file is not None:
+        items += read_text_lines(text_file)
+    paths = expand_image_paths(image) if image else []
+    if not items and not paths:
+        _fail("nothing to classify: give --text, --text-file or --image")
+    m = _load(model)
+    results = (classify_texts(m, items, threshold) if items else []) + (
+        classify_images(m, paths, threshold) if paths else [])
+    if json_out:
+        for r in results:
+            typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+    else:
+        _print_classification(results)
+    if any(r.error for r in results) and all(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _print_classification(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("input", "score", "verdict", "top categories"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        if r.error:
+            table.add_row(r.input[:80], "-", "[yellow]error[/yellow]", r.error)
+            continue
+        verdict = "[red]UNSAFE[/red]" if r.unsafe else "[green]safe[/green]"
+        top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.categories.items(), key=lambda kv: -kv[1])[:3]
+                        if r.unsafe)
+        table.add_row(r.input[:80], f"{r.score:.3f}", verdict, top)
+    Console().print(table)
+
+
+@app.command()
+@friendly
+def encode(
+    text: List[str] = typer.Option([], "--text", "-t"),
+    text_file: Optional[Path] = typer.Option(None, "--text-file"),
+    image: List[Path] = typer.Option([], "--image", "-i"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (embeddings + scores)."),
+    model: Optional[str] = ModelOpt,
+    project: bool = typer.Option(True, help="--no-project: Euclidean tower features instead of hyperboloid points."),
+) -> None:
+    """Encode inputs and save embeddings, safety scores and inputs to a safetensors file."""
+    from safetensors.torch import save_file
+
+    from .classify import read_text_lines
+    from .images import expand_image_paths
+
+    texts = list(text)
+    if text_file is not None:
+        lines = read_text_lines(text_file)
+        bad = [e for _, e in lines if e]
+        if bad:
+            _fail(bad[0])
+        texts += [t for t, _ in lines]
+    paths = expand_image_paths(image) if image else []
+    if not texts and not paths:
+        _fail("nothing to encode: give --text, --text-file or --image")
+    m = _load(model)
+    tensors, meta = {}, {"model_id": m.model_id, "curvature": str(m.curvature)}
+    if texts:
+        e = m.encode_text(texts, project=project, progress=True)
+        tensors["text_embeddings"] = e.contiguous()
+        if project:
+            tensors["text_scores"] = m.score(e).contiguous()
+        meta["texts"] = json.dumps(texts, ensure_ascii=False)
+    if paths:
+        e = m.encode_image(paths, project=project, progress=True)
+        tensors["image_embeddings"] = e.contiguous()
+        if project:
+            tensors["image_scores"] = m.score(e).contiguous()
+        meta["images"] = json.dumps([str(p) for p in paths])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=meta)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
+
+
+@app.command()
+@friendly
+def traverse(
+    text: List[str] = typer.Option([], "--text", "-t"),
+    image: List[Path] = typer.Option([], "--image", "-i"),
+    target: str = typer.Option("image", help="Safe region to move toward: 'image' (class V) or 'text' (class S)."),
+    tau: Optional[float] = typer.Option(None, help="Target radius (default: the official formula on the bounds)."),
+    mode: str = typer.Option("geodesic", help="'geodesic' (exact distance tau) or 'paper' (official output)."),
+    model: Optional[str] = ModelOpt,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show how queries move toward the safe region: score before and after traversal."""
+    import torch
+
+    if target not in ("image", "text"):
+        _fail(f"unknown target {target!r}; use 'image' or 'text'")
+    m = _load(model)
+    inputs = list(text) + [str(p) for p in image]
+    if not inputs:
+        _fail("nothing to traverse: give --text or --image")
+    parts = []
+    if text:
+        parts.append(m.encode_text(list(text)))
+    if image:
+        parts.append(m.encode_image(list(image)))
+    x = torch.cat(parts)
+    fn = m.traverse_to_safe_image if target == "image" else m.traverse_to_safe_text
+    y = fn(x, tau=tau, mode=mode)
+    before, after = m.score(x), m.score(y)
+    for inp, b, a in zip(inputs, before.tolist(), after.tolist()):
+        row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),
+               "moved": bool(abs(a - b) > 1e-6)}
+        typer.echo(json.dumps(row, ensure_ascii=False) if json_out else
+                   f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {inp}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("hysac-demo"), "--out", help="Working folder for galleries and indexes."),
+    model: Optional[str] = ModelOpt,
+    k: int = typer.Option(3, help="Results per query."),
+) -> None:
+    """The main job: index an emoji gallery and a text gallery, classify, and search in every safety mode."""
+    from .demo import run_demo
+
+    run_demo(out, model, k=k, echo=typer.echo)
+
+
+@app.command()
+@friendly
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML training config."),
+    overrides: List[str] = typer.Argument(None, help="Overrides as dotted key=value, e.g. optim.lr=3e-4"),
+    resume: bool = typer.Option(True, help="Resume from the latest checkpoint in the output folder."),
+) -> None:
+    """Train a HySAC (or Safe-CLIP-objective) model from a config file."""
+    from .train import load_config, run_training
+
+    cfg = load_config(config, overrides or [])
+    result = run_training(cfg, resume=resume)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _mount_optional() -> None:
+    """Attach sub-apps that live in their own modules (index/search/serve/eval)."""
+    try:
+        from .index.cli import index_app, search_command
+
+        app.add_typer(index_app, name="index", help="Build, extend and inspect a search index.")
+        app.command("search")(friendly(search_command))
+    except ImportError:  # pragma: no cover - optional deps missing
+        pass
+    try:
+        from .service.cli import serve_command
+
+        app.command("serve")(friendly(serve_command))
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from .evaluation.cli import eval_command
+
+        app.command("eval")(friendly(eval_command))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_optional()
+
+
+def main() -> None:  # entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Training configuration: YAML file + dotted ``key=value`` overrides over documented defaults."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {
+    "name": "hysac-mini",
+    "seed": 0,
+    "out_dir": "runs/hysac-mini",
+    "export_dir": None,  # copy the final model here (e.g. src/hysac/pretrained/hysac-mini)
+    "objective": "hysac",  # "hysac" (paper losses) | "safeclip" (Euclidean unlearning objective)
+    "backbone": {"kind": "mini", "embed_dim": 256, "head": "mlp", "head_hidden": 512},
+    "model": {
+        "curv_init": 1.0,
+        "learn_curv": True,
+        "category_head": 0,  # 0: linear head on log_map0(x); N > 0: MLP with N hidden units; null: none
+        "traversal": {"rule": "bound", "margin": 0.0},
+    },
+    "data": {
+        "kind": "offline",  # "offline": I2P + COCO + safe art prompts + OpenMoji | "visu": ViSU JSON quadruplets
+        "data_dir": None,  # default ../shared/data (or $HYSAC_DATA_DIR)
+        "cache_dir": None,  # default ~/.cache/hysac (or $HYSAC_CACHE_DIR)
+        "openmoji_size": 224,
+        "emoji_limit": None,  # render/use only the first N emoji (tests)
+        "emoji_codepoints": None,  # or an explicit list of OpenMoji codepoint keys, e.g. ["1F600", "1F52B"]
+        "max_per_source": None,  # cap texts per source (tests)
+        "val_fraction": 0.15,
+        "test_fraction": 0.15,
+        "visu_train": None, "visu_val": None, "visu_test": None, "coco_root": None, "visu_root": None,
+        # rows per step of each family (see hysac.train.data)
+        "batch": {"unsafe_text": 128, "safe_text": 128, "safe_image": 64, "unsafe_image": 16, "quad": 32},
+    },
+    "loss": {
+        "weights": {"con_TTs": 0.5, "ent_T_Ts": 1.0},  # HySACLossWeights overrides (paper terms default to 1)
+        "aperture_scale": 1.0,
+        "class_order": 1.0,  # weight of the batch-level S < V < U < G radial ordering (our extension)
+        "order_margin": 0.1,
+        "category": 1.0,  # weight of the 7-category BCE head
+        "safeclip": {},  # SafeCLIPLossWeights overrides
+    },
+    "optim": {
+        "lr": 1e-3, "weight_decay": 0.2, "betas": [0.9, 0.98], "eps": 1e-8,
+        "warmup_steps": 50, "epochs": 20, "grad_accum": 1, "clip_grad": 1.0,
+    },
+    "amp": "auto",  # "auto" (bf16 on GPU), "bf16", "off"
+    "device": "auto",
+    "cache_features": True,  # frozen towers: encode the pools once and train the heads on the cache
+    "checkpoint_every": 50,  # optimizer steps
+    "patience": 4,  # epochs without improvement before early stopping
+    "select_metric": "auroc_text",  # or "recall_sum" (the paper's)
+    "max_steps": None,  # stop after this many optimizer steps (interruption/testing)
+    "threshold_criterion": "youden",
+}
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("weights", "safeclip", "backbone"):
+            out[k] = _merge(out[k], v, f"{path}{k}.")
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            merged = copy.deepcopy(out[k])
+            merged.update(v)
+            out[k] = merged
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """``["optim.lr=3e-4", "data.batch.safe_text=64"]`` → updated copy. Unknown top-level keys are refused."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] not in DEFAULTS:
+            raise InputError(f"override {item!r}: unknown setting {parts[0]!r}; known: {', '.join(DEFAULTS)}")
+        node = cfg
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = _parse_value(value)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """Defaults ← YAML file ← overrides. The result is a plain dict (also written beside the run)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"config {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"config {path} must be a mapping at the top level")
+        unknown = sorted(set(data) - set(DEFAULTS))
+        if unknown:
+            raise InputError(f"config {path}: unknown setting(s) {', '.join(unknown)}")
+    cfg = _merge(DEFAULTS, data)
+    cfg = apply_overrides(cfg, overrides or [])
+    if cfg["objective"] not in ("hysac", "safeclip"):
+        raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
+    return cfg
+
+
+def dump_config(cfg: dict) -> str:
+    return json.dumps(cfg, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,620 @@
+"""The training loop: paper losses (or the Safe-CLIP objective), AdamW with per-parameter decay, warm-up + cosine,
+AMP, gradient accumulation, cross-process negatives under torchrun, exact resume, validation with model selection
+and early stopping, JSONL logs, and export of the final model with fitted bounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .. import lorentz as L
+from .. import metrics as M
+from ..backbones import build_backbone
+from ..errors import InputError
+from ..images import load_image
+from ..losses import HySACLoss, category_loss, class_order_loss, safeclip_loss
+from ..model import HySAC
+from ..safety import CATEGORIES, fit_bounds
+from .config import dump_config
+from .data import TrainData, build_offline, build_visu, dataset_fingerprint, step_rows, steps_per_epoch
+
+_SCALARS = ("curv", "visual_alpha", "textual_alpha", "logit_scale")
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_negatives(x: Tensor, mask: Tensor, world: int) -> tuple[Tensor, Tensor] | None:
+    """All rows of the other processes (differentiable all_gather), with their masks."""
+    if world == 1:
+        return None
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    rank = dist.get_rank()
+    xs = all_gather(x.contiguous())
+    ms = [torch.zeros_like(mask) for _ in range(world)]
+    dist.all_gather(ms, mask.contiguous())
+    others = [i for i in range(world) if i != rank]
+    return torch.cat([xs[i] for i in others]), torch.cat([ms[i] for i in others])
+
+
+# ---------------------------------------------------------------------------------------------- features
+class Featurizer:
+    """Euclidean features of pool items, through the trainable part of the backbone.
+
+    With ``cache`` (frozen towers exposing ``*_base_features``), the towers run once over the pools and only the
+    heads run per step; otherwise tokens/pixels go through the full backbone each step.
+    """
+
+    def __init__(self, model: HySAC, data: TrainData, cache_dir: Path | None, use_cache: bool, device,
+                 text_memo: dict[str, Tensor] | None = None):
+        self.model, self.data, self.device = model, data, device
+        self.text_memo = text_memo or {}
+        bb = model.backbone
+        frozen = not any(p.requires_grad for n, p in bb.named_parameters() if "head" not in n)
+        self.cached = bool(use_cache and frozen and hasattr(bb, "text_base_features"))
+        self.text_cache = self.image_cache = None
+        if self.cached:
+            self.text_cache, self.image_cache = self._build_cache(cache_dir)
+
+    def _build_cache(self, cache_dir: Path | None):
+        bb = self.model.backbone
+        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if "head" not in k and k != "seed"},
+                                        sort_keys=True).encode() + dataset_fingerprint(self.data).encode())
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"features-{key.hexdigest()[:20]}.safetensors"
+            if path.is_file():
+                t = load_file(str(path))
+                return t["text"], t["image"]
+        from tqdm.auto import tqdm
+
+        with torch.no_grad():
+            tf = []
+            for i in tqdm(range(0, len(self.data.texts), 256), desc="caching text features", unit="batch"):
+                chunk = self.data.texts[i:i + 256]
+                if all(t in self.text_memo for t in chunk):  # already encoded while pairing
+                    tf.append(torch.stack([self.text_memo[t] for t in chunk]))
+                    continue
+                tok = bb.tokenize(chunk)
+                tf.append(bb.text_base_features(tok["input_ids"].to(self.device),
+                                                tok["attention_mask"].to(self.device)).float().cpu())
+            imf = []
+            for i in tqdm(range(0, len(self.data.images), 64), desc="caching image features", unit="batch"):
+                pix = bb.preprocess_images([load_image(p) for p in self.data.images[i:i + 64]])
+                imf.append(bb.image_base_features(pix.to(self.device)).float().cpu())
+        text = torch.cat(tf) if tf else torch.zeros(0, bb.text_base_dim)
+        image = torch.cat(imf) if imf else torch.zeros(0, bb.image_base_dim)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"text": text.contiguous(), "image": image.contiguous()}, str(tmp))
+            tmp.replace(path)
+        return text, image
+
+    def text(self, idx: Tensor, backbone=None) -> Tensor:
+        bb = backbone or self.model.backbone
+        if idx.numel() == 0:
+            return torch.zeros(0, bb.embed_dim, device=self.device)
+        if self.cached:
+            return bb.head_text(self.text_cache[idx.cpu()].to(self.device))
+        tok = bb.tokenize([self.data.texts[i] for i in idx.tolist()])
+        return bb.text_features(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+
+    def image(self, idx: Tensor, backbone=None) -> Tensor:
+        bb = backbone or self.model.backbone
+        if idx.numel() == 0:
+            return torch.zeros(0, bb.embed_dim, device=self.device)
+        if self.cached:
+            return bb.head_image(self.image_cache[idx.cpu()].to(self.device))
+        pix = bb.preprocess_images([load_image(self.data.images[i]) for i in idx.tolist()])
+        return bb.image_features(pix.to(self.device))
+
+
+def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor] | None = None) -> np.ndarray:
+    """Features of the untrained text tower (base features when the backbone has them), for pairing texts.
+    ``memo`` (text → feature) avoids encoding a text twice; the feature cache reuses it for frozen towers."""
+    memo = {} if memo is None else memo
+    todo = list(dict.fromkeys(t for t in texts if t not in memo))
+    fn = getattr(backbone, "text_base_features", None) or backbone.text_features
+    with torch.no_grad():
+        for i in range(0, len(todo), 256):
+            chunk = todo[i:i + 256]
+            tok = backbone.tokenize(chunk)
+            feats = fn(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
+            memo.update(zip(chunk, feats))
+    return torch.stack([memo[t] for t in texts]).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: dict, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.rank, self.world = _dist()
+        self.out = Path(cfg["out_dir"])
+        self.seed = int(cfg["seed"])
+        dev = cfg.get("device", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
+        amp = cfg.get("amp", "auto")
+        self.amp_dtype = torch.bfloat16 if (amp == "bf16" or (amp == "auto" and self.device.type == "cuda")) else None
+        self._seed_all(self.seed)
+        self.model = self._build_model().to(self.device)
+        cache_dir = Path(cfg["data"].get("cache_dir") or os.environ.get("HYSAC_CACHE_DIR")
+                         or Path.home() / ".cache" / "hysac") / "features"
+        self._text_memo: dict[str, Tensor] = {}
+        self.data = self._build_data()
+        self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
+                               self._text_memo)
+        self._text_memo = {}
+        self.reference = None
+        if cfg["objective"] == "safeclip":  # frozen copy of the initial encoders (Safe-CLIP's "original" model)
+            self.reference = copy.deepcopy(self.model.backbone).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+        self.loss_fn = HySACLoss(cfg["loss"].get("weights") or None,
+                                 aperture_scale=float(cfg["loss"].get("aperture_scale", 1.0)))
+        self.optimizer = self._build_optimizer()
+        self.steps_per_epoch = steps_per_epoch(self.data, cfg["data"]["batch"])
+        accum = int(cfg["optim"].get("grad_accum", 1))
+        self.accum = max(1, accum)
+        self.total_steps = max(1, (self.steps_per_epoch // self.accum) * int(cfg["optim"]["epochs"]))
+        warm = int(cfg["optim"].get("warmup_steps", 0))
+
+        def lr_lambda(step: int) -> float:
+            if step < warm:
+                return (step + 1) / max(1, warm)
+            prog = min(1.0, (step - warm) / max(1, self.total_steps - warm))
+            return 0.5 * (1 + math.cos(math.pi * prog))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_epoch": -1,
+                      "bad_epochs": 0, "history": [], "done": False}
+
+    # -- construction -----------------------------------------------------------------------------------
+    @staticmethod
+    def _seed_all(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _build_model(self) -> HySAC:
+        cfg = self.cfg
+        bcfg = dict(cfg["backbone"])
+        if bcfg.get("kind") == "clip" and "vision_config" not in bcfg:
+            from ..backbones.clip import ClipBackbone
+
+            backbone = ClipBackbone.from_hub_or_folder(bcfg.get("source"), lora=bcfg.get("lora"))
+            # only LoRA weights train in the towers (spec §2.2)
+            for n, p in backbone.named_parameters():
+                p.requires_grad_("lora_" in n if bcfg.get("lora") else True)
+        else:
+            backbone = build_backbone(bcfg)
+        m = cfg["model"]
+        head = m.get("category_head", 0)
+        return HySAC(backbone, curv_init=float(m.get("curv_init", 1.0)), learn_curv=bool(m.get("learn_curv", True)),
+                     category_head=False if head is None else (int(head) or True), traversal=m.get("traversal"),
+                     name=cfg["name"])
+
+    def _build_data(self) -> TrainData:
+        kind = self.cfg["data"]["kind"]
+        if kind == "offline":
+            return build_offline(self.cfg, lambda texts: frozen_text_space(self.model.backbone, texts, self.device,
+                                                                           self._text_memo))
+        if kind == "visu":
+            return build_visu(self.cfg)
+        raise InputError(f"unknown data.kind {kind!r}; use 'offline' or 'visu'")
+
+    def _build_optimizer(self):
+        o = self.cfg["optim"]
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # scalars, biases and norm gains take no weight decay
+            (no_decay if n in _SCALARS or p.dim() < 2 else decay).append(p)
+        kw = {"lr": float(o["lr"]), "betas": tuple(o.get("betas", (0.9, 0.98))), "eps": float(o.get("eps", 1e-8))}
+        if self.device.type == "cuda":
+            kw["fused"] = True
+        return torch.optim.AdamW([{"params": decay, "weight_decay": float(o.get("weight_decay", 0.2))},
+                                  {"params": no_decay, "weight_decay": 0.0}], **kw)
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def _assemble(self, parts) -> dict[str, Any]:
+        fams = self.data.families
+        rows = np.concatenate([fams[n].rows[i] for n, i in parts])
+        ts_cats = np.concatenate([fams[n].ts_cats[i] for n, i in parts])
+        is_cats = np.concatenate([fams[n].is_cats[i] for n, i in parts])
+        if self.world > 1:  # each process takes its share of the global batch
+            sl = slice(self.rank, None, self.world)
+            rows, ts_cats, is_cats = rows[sl], ts_cats[sl], is_cats[sl]
+        return {"rows": torch.from_numpy(rows), "ts_cats": torch.from_numpy(ts_cats),
+                "is_cats": torch.from_numpy(is_cats)}
+
+    def _embed(self, rows: Tensor, backbone=None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Euclidean features for the T, I, Ts, Is columns (zeros where absent) and masks."""
+        feats, masks = {}, {}
+        for col, key, fn in ((0, "T", self.feat.text), (1, "I", self.feat.image), (2, "Ts", self.feat.text),
+                             (3, "Is", self.feat.image)):
+            idx = rows[:, col]
+            m = idx >= 0
+            uniq, inv = torch.unique(idx[m], return_inverse=True)
+            f = fn(uniq, backbone)
+            full = torch.zeros(rows.shape[0], self.model.embed_dim, device=self.device, dtype=torch.float32)
+            if uniq.numel():
+                full = full.index_put((m.nonzero().squeeze(1).to(self.device),), f.float()[inv.to(self.device)])
+            feats[key], masks[f"has_{key}"] = full, m.to(self.device)
+        return feats, masks
+
+    def _loss(self, batch) -> tuple[Tensor, dict[str, float]]:
+        cfg_l = self.cfg["loss"]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            feats, masks = self._embed(batch["rows"])
+        if self.cfg["objective"] == "safeclip":
+            with torch.no_grad():
+                ref, _ = self._embed(batch["rows"], self.reference)
+            b = {k: F.normalize(v.float(), dim=-1) for k, v in feats.items()}
+            b.update({f"{k}0": F.normalize(v.float(), dim=-1) for k, v in ref.items()})
+            b.update(masks)
+            total, terms = safeclip_loss(b, self.model.logit_scale.float().exp(), cfg_l.get("safeclip") or None)
+            return total, {k: float(v.detach()) for k, v in terms.items()}
+        c = self.model.curv_tensor()
+        hyp = {k: (self.model.lift_text if k in ("T", "Ts") else self.model.lift_image)(v) for k, v in feats.items()}
+        b = {**hyp, **masks}
+        extra = None
+        if self.world > 1:
+            extra = {}
+            for k in ("T", "I", "Ts", "Is"):
+                g = _gather_negatives(hyp[k], masks[f"has_{k}"], self.world)
+                extra[k], extra[f"has_{k}"] = g
+        total, terms = self.loss_fn(b, c, self.model.logit_scale.float().exp(), extra=extra)
+        logs = {k: float(v.detach()) for k, v in terms.items()}
+        parts = [total]
+        w_order = float(cfg_l.get("class_order", 0.0))
+        if w_order > 0:
+            ds, cls = [], []
+            for k, ci in (("T", 0), ("I", 1), ("Ts", 2), ("Is", 3)):
+                m = masks[f"has_{k}"]
+                ds.append(L.dist0(hyp[k][m], c))
+                cls.append(torch.full((int(m.sum()),), ci, device=self.device))
+            order = class_order_loss(torch.cat(ds), torch.cat(cls), margin=float(cfg_l.get("order_margin", 0.1)))
+            logs["class_order"] = float(order)
+            parts.append(w_order * order)
+        w_cat = float(cfg_l.get("category", 0.0))
+        if w_cat > 0 and self.model.category_head is not None:
+            logits, targets = [], []
+            for k, cats in (("T", None), ("I", None), ("Ts", batch["ts_cats"]), ("Is", batch["is_cats"])):
+                m = masks[f"has_{k}"]
+                if not bool(m.any()):
+                    continue
+                logits.append(self.model.category_head(L.log_map0(hyp[k][m], c)))
+                targets.append(torch.zeros(int(m.sum()), len(CATEGORIES), device=self.device) if cats is None
+                               else cats.to(self.device)[m])
+            if logits:
+                cl = category_loss(torch.cat(logits), torch.cat(targets))
+                logs["category"] = float(cl)
+                parts.append(w_cat * cl)
+        return sum(parts), logs
+
+    def _sync_grads(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        d = self._ckpt_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.checkpoint_state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = (v if isinstance(v, Tensor) else torch.tensor(v)).detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"state": self.state, "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+                "rng_numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist()] + list(np.random.get_state()[2:]),
+                "rng_python": _py_rng_to_json(random.getstate())}
+        meta["scheduler"].pop("lr_lambdas", None)
+        tmp = d / ".tmp-last"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+        final = d / "last"
+        if final.exists():
+            old = d / ".old-last"
+            if old.exists():
+                shutil.rmtree(old)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+
+    def load_checkpoint(self) -> bool:
+        d = self._ckpt_dir() / "last"
+        if not (d / "state.json").is_file():
+            return False
+        meta = json.loads((d / "state.json").read_text())
+        tensors = load_file(str(d / "state.safetensors"))
+        self.model.load_checkpoint_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                                              source=str(d))
+        opt_state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = v.to(self.device) if name != "step" else v
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        sched = self.scheduler.state_dict()
+        sched.update(meta["scheduler"])
+        self.scheduler.load_state_dict(sched)
+        self.state = meta["state"]
+        torch.set_rng_state(tensors["rng.torch"])
+        rn = meta["rng_numpy"]
+        np.random.set_state((rn[0], np.array(rn[1], dtype=np.uint32), *rn[2:]))
+        random.setstate(_py_rng_from_json(meta["rng_python"]))
+        return True
+
+    # -- validation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict[str, Any]:
+        self.model.eval()
+        es = getattr(self.data, split)
+        c = self.model.curvature
+        euclid = self.cfg["objective"] == "safeclip"
+
+        def enc(fn, idx, lift):
+            out = []
+            for i in range(0, len(idx), 1024):
+                f = fn(torch.as_tensor(idx[i:i + 1024])).float()
+                out.append(F.normalize(f, dim=-1) if euclid else lift(f))
+            return torch.cat(out).cpu() if out else torch.zeros(0, self.model.embed_dim)
+
+        t = enc(self.feat.text, es.text_idx, self.model.lift_text)
+        im = enc(self.feat.image, es.image_idx, self.model.lift_image)
+        pt = enc(self.feat.text, es.pair_text, self.model.lift_text)
+        pi = enc(self.feat.image, es.pair_image, self.model.lift_image)
+        res: dict[str, Any] = {"curvature": c, "textual_alpha": float(self.model.textual_alpha.exp()),
+                               "visual_alpha": float(self.model.visual_alpha.exp())}
+        # retrieval between captions and images (pairs), both directions
+        if len(pt) > 1:
+            sim = pt @ pi.T if euclid else -L.pairwise_dist(pt, pi, c)
+            pos = torch.arange(len(pt))
+            r_t2i = M.recall_at_k(sim, pos, ks=(1, 5, 10))
+            r_i2t = M.recall_at_k(sim.T, pos, ks=(1, 5, 10))
+            res.update({f"t2i_R@{k}": v for k, v in r_t2i.items()})
+            res.update({f"i2t_R@{k}": v for k, v in r_i2t.items()})
+            res["recall_sum"] = r_t2i[1] + r_i2t[1]
+        if euclid:
+            return res
+        ts, ims = L.dist0(t, c).numpy(), L.dist0(im, c).numpy()
+        lab = es.text_label
+        if lab.min() != lab.max():
+            res["auroc_text"] = M.auroc(ts, lab)
+            res["tpr@5%fpr_text"] = M.tpr_at_fpr(ts, lab, 0.05)
+            for src in np.unique(es.text_source[lab == 0]):
+                sel = (lab == 1) | (es.text_source == src)
+                res[f"auroc_text_vs_{src}"] = M.auroc(ts[sel], lab[sel])
+            hard = (lab == 0) | es.text_hard
+            if (lab[hard] == 1).any():
+                res["auroc_text_hard"] = M.auroc(ts[hard], lab[hard])
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res["per_category_auroc_text"] = M.per_category_auroc(ts, es.text_multihot, lab == 0, list(CATEGORIES))
+            if self.model.category_head is not None:
+                probs = self.model.categorize(t).numpy()
+                u = lab == 1
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    try:
+                        res["category_head_macro_auroc"] = M.macro_auroc(probs[u], es.text_multihot[u])
+                    except ValueError:
+                        pass
+        il = es.image_label
+        if len(il) and il.min() != il.max():
+            res["auroc_image"] = M.auroc(ims, il)
+        res["median_dist"] = {
+            "S": float(np.median(ts[lab == 0])) if (lab == 0).any() else None,
+            "V": float(np.median(ims[il == 0])) if (il == 0).any() else None,
+            "U": float(np.median(ts[lab == 1])) if (lab == 1).any() else None,
+            "G": float(np.median(ims[il == 1])) if (il == 1).any() else None,
+        }
+        return res
+
+    def _class_distances(self, split: str) -> dict[str, np.ndarray]:
+        es = getattr(self.data, split)
+        c = self.model.curvature
+        with torch.no_grad():
+            t = self.model.lift_text(self.feat.text(torch.as_tensor(es.text_idx)).float()).cpu()
+            im = self.model.lift_image(self.feat.image(torch.as_tensor(es.image_idx)).float()).cpu()
+        ts, ims = L.dist0(t, c).numpy(), L.dist0(im, c).numpy()
+        out = {"S": ts[es.text_label == 0], "U": ts[es.text_label == 1]}
+        if (es.image_label == 0).any():
+            out["V"] = ims[es.image_label == 0]
+        if (es.image_label == 1).any():
+            out["G"] = ims[es.image_label == 1]
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _log_jsonl(self, rec: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.out / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(dump_config(self.cfg))
+        if resume and self.load_checkpoint():
+            self.log(f"resumed from {self._ckpt_dir() / 'last'} at step {self.state['global_step']}")
+        elif (self.out / "log.jsonl").exists():
+            (self.out / "log.jsonl").unlink()
+        cfg = self.cfg
+        epochs = int(cfg["optim"]["epochs"])
+        max_steps = cfg.get("max_steps")
+        batch = cfg["data"]["batch"]
+        clip = float(cfg["optim"].get("clip_grad") or 0)
+        ck_every = int(cfg.get("checkpoint_every") or 0)
+        stopped_early = False
+        while self.state["epoch"] < epochs and not self.state["done"]:
+            ep = self.state["epoch"]
+            lead = next(iter(self.data.families))
+            perm = np.random.default_rng([self.seed, ep, 999]).permutation(len(self.data.families[lead].rows))
+            self.model.train()
+            bar = tqdm(total=self.steps_per_epoch, initial=self.state["step_in_epoch"], desc=f"epoch {ep + 1}/{epochs}",
+                       unit="step", disable=self.rank != 0)
+            while self.state["step_in_epoch"] < self.steps_per_epoch:
+                s = self.state["step_in_epoch"]
+                torch.manual_seed(hash((self.seed, ep, s)) % 2**31)  # dropout stream independent of resume point
+                batch_rows = self._assemble(step_rows(self.data, batch, self.seed, ep, s, perm))
+                loss, logs = self._loss(batch_rows)
+                (loss / self.accum).backward()
+                self.state["step_in_epoch"] += 1
+                bar.update(1)
+                if self.state["step_in_epoch"] % self.accum and self.state["step_in_epoch"] < self.steps_per_epoch:
+                    continue
+                self._sync_grads()
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.model.clamp_scalars_()
+                self.state["global_step"] += 1
+                rec = {"step": self.state["global_step"], "epoch": ep, "lr": self.scheduler.get_last_lr()[0],
+                       "loss": float(loss), **logs, "curvature": self.model.curvature,
+                       "visual_alpha": float(self.model.visual_alpha.exp()),
+                       "textual_alpha": float(self.model.textual_alpha.exp()),
+                       "logit_scale": float(self.model.logit_scale.exp())}
+                self._log_jsonl(rec)
+                bar.set_postfix(loss=f"{float(loss):.4f}", c=f"{self.model.curvature:.3f}")
+                if ck_every and self.state["global_step"] % ck_every == 0:
+                    self.save_checkpoint()
+                if max_steps is not None and self.state["global_step"] >= int(max_steps):
+                    bar.close()
+                    self.save_checkpoint()
+                    return {"stopped_at_step": self.state["global_step"], "interrupted": True}
+            bar.close()
+            # end of epoch: validate, select, maybe stop
+            metrics = self.evaluate("val")
+            sel = cfg.get("select_metric", "auroc_text")
+            score = metrics.get(sel)
+            if score is None:
+                score = metrics.get("recall_sum", 0.0)
+            improved = self.state["best"] is None or score > self.state["best"]
+            if improved:
+                self.state.update(best=score, best_epoch=ep, bad_epochs=0)
+                self._save_best()
+            else:
+                self.state["bad_epochs"] += 1
+            self.state["history"].append({"epoch": ep, sel: score, "global_step": self.state["global_step"]})
+            self._log_jsonl({"epoch_end": ep, "val": metrics})
+            self.log(f"epoch {ep + 1}: {sel}={score:.4f}{' (best)' if improved else ''}")
+            self.state["epoch"] += 1
+            self.state["step_in_epoch"] = 0
+            if self.state["bad_epochs"] >= int(cfg.get("patience", 1e9)):
+                self.state["done"] = True
+                stopped_early = True
+            self.save_checkpoint()
+        return self.finish(stopped_early)
+
+    def _save_best(self) -> None:
+        if self.rank != 0:
+            return
+        d = self._ckpt_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.checkpoint_state_dict().items()}
+        save_file(sd, str(d / "best.tmp"))
+        (d / "best.tmp").replace(d / "best.safetensors")
+
+    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
+        best = self._ckpt_dir() / "best.safetensors"
+        if best.is_file():
+            self.model.load_checkpoint_state_dict(load_file(str(best)), source=str(best))
+        self.model.eval()
+        result: dict[str, Any] = {"name": self.cfg["name"], "objective": self.cfg["objective"],
+                                  "best_epoch": self.state["best_epoch"] + 1, "stopped_early": stopped_early,
+                                  "global_step": self.state["global_step"], "data": self.data.info}
+        if self.cfg["objective"] == "hysac":
+            dists = self._class_distances("val")
+            from ..metrics import best_threshold
+
+            thresholds = {}
+            es = self.data.val
+            c = self.model.curvature
+            tscores = np.concatenate([dists["S"], dists["U"]])
+            tlab = np.concatenate([np.zeros(len(dists["S"])), np.ones(len(dists["U"]))])
+            crit = self.cfg.get("threshold_criterion", "youden")
+            thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
+            if "V" in dists and "G" in dists:
+                iscores = np.concatenate([dists["V"], dists["G"]])
+                ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
+                thresholds["image"] = float(best_threshold(iscores, ilab, crit)[0])
+            self.model.bounds = fit_bounds(dists, thresholds=thresholds)
+            del es, c
+        result["val"] = self.evaluate("val")
+        result["test"] = self.evaluate("test")
+        if self.rank == 0:
+            self.model.save_pretrained(self.out / "model")
+            (self.out / "metrics.json").write_text(json.dumps(result, indent=2))
+            export = self.cfg.get("export_dir")
+            if export:
+                self.model.save_pretrained(export)
+                self.log(f"exported model to {export}")
+        return result
+
+
+def _py_rng_to_json(state) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_rng_from_json(data) -> tuple:
+    return (data[0], tuple(data[1]), data[2])
+
+
+def run_training(cfg: dict, resume: bool = True) -> dict[str, Any]:
+    """Build a :class:`Trainer` from a config dict and run it to the end (or ``max_steps``)."""
+    t0 = time.time()
+    trainer = Trainer(cfg)
+    out = trainer.fit(resume=resume)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out

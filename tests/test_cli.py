@@ -1,0 +1,80 @@
+"""CLI: classify/encode/traverse on a tiny model in our format; bad input → one line, exit 2, no traceback."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from hysac.cli import app
+from hysac.model import HySAC
+from hysac.testing import make_released_checkpoint, make_tiny_clip_folder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    clip = make_tiny_clip_folder(root / "clip")
+    ck = make_released_checkpoint(root / "released", clip)
+    m = HySAC.from_pretrained(ck, backbone=clip)
+    return m.save_pretrained(root / "ours")
+
+
+def test_classify_text_file_json_with_bad_lines(model_dir, tmp_path):
+    f = tmp_path / "inputs.txt"
+    f.write_bytes("a cat on a mat\n\nblood everywhere\n".encode() + b"\xff\xfe broken\n" + "last one\n".encode())
+    res = runner.invoke(app, ["classify", "--model", str(model_dir), "--text-file", str(f), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["input"] for r in rows][0] == "a cat on a mat" and rows[2]["input"] == "blood everywhere"
+    assert len(rows) == 5
+    assert "empty" in rows[1]["error"] and "UTF-8" in rows[3]["error"]
+    for r in (rows[0], rows[2], rows[4]):
+        assert isinstance(r["score"], float) and isinstance(r["unsafe"], bool) and "error" not in r
+        assert r["unsafe"] == (r["score"] > r["threshold"])
+
+
+def test_classify_images_and_table(model_dir, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (30, 30), "red").save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "imgs" / "b.jpg").write_bytes(b"not an image")
+    res = runner.invoke(app, ["classify", "--model", str(model_dir), "--image", str(tmp_path / "imgs"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert rows[0]["modality"] == "image" and rows[0]["score"] is not None
+    assert "b.jpg" in rows[1]["error"]
+    table = runner.invoke(app, ["classify", "--model", str(model_dir), "--text", "hello there"])
+    assert table.exit_code == 0 and "hello there" in table.stdout
+
+
+def test_encode_and_traverse(model_dir, tmp_path):
+    out = tmp_path / "emb.safetensors"
+    res = runner.invoke(app, ["encode", "--model", str(model_dir), "--text", "one", "--text", "two", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    t = load_file(str(out))
+    assert t["text_embeddings"].shape[0] == 2 and t["text_scores"].shape == (2,)
+    res = runner.invoke(app, ["traverse", "--model", str(model_dir), "--text", "x", "--tau", "0.01", "--json"])
+    row = json.loads(res.stdout.splitlines()[0])
+    assert res.exit_code == 0 and row["score_after"] == pytest.approx(0.01, abs=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify"], "nothing to classify"),
+    (["classify", "--model", "/no/such/model", "--text", "x"], "neither"),
+    (["classify", "--text-file", "/no/such/file.txt"], "not found"),
+    (["traverse", "--text", "x", "--target", "sideways"], "unknown target"),
+    (["train", "--config", "/no/such.yaml"], "not found"),
+])
+def test_bad_input_one_line_exit_2(args, message):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr and "Traceback" not in res.output
+
+
+def test_models_lists_registry():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "hysac-mini" in res.stdout and "aimagelab/HySAC" in res.stdout
