@@ -32,6 +32,21 @@ _IGNORED_RELEASED = ("pixel_mean", "pixel_std")
 _POSITION_IDS = re.compile(r"\.position_ids$")
 
 
+def mismatch_report(expected: dict[str, Tensor], got: dict[str, Tensor]) -> str | None:
+    """Describe missing/unexpected keys and shape mismatches between two state dicts (None when they agree)."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
+
+    def fmt(xs: list[str]) -> str:
+        return ", ".join(xs[:12]) + (f", … ({len(xs)} in all)" if len(xs) > 12 else "")
+
+    parts = [f"{what}: {fmt(xs)}" for what, xs in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if xs]
+    return "; ".join(parts) or None
+
+
 def load_released_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read ``hysac_model.pth`` safely (``weights_only=True``: tensors and plain containers only)."""
     path = Path(path)

@@ -47,7 +47,7 @@ def _text_gallery(out: Path, n_safe: int, n_unsafe: int) -> Path:
 def run_demo(out: Path, model_name: str | None = None, n_emoji: int | None = 600, n_safe: int = 400,
              n_unsafe: int = 200, k: int = 3, echo: Callable[[str], None] = print) -> dict:
     from .classify import classify_images, classify_texts
-    from .data import render_openmoji
+    from .data import list_openmoji, render_openmoji
     from .index import build_index, open_searcher
     from .index.search import MODES
     from .model import load_model
@@ -55,9 +55,14 @@ def run_demo(out: Path, model_name: str | None = None, n_emoji: int | None = 600
     model = load_model(model_name)
     echo(f"model {model.model_id}  (curvature {model.curvature:.3f}, dim {model.embed_dim})")
     out = Path(out)
-    emoji = render_openmoji(limit=None, progress=True)
+    catalogue = list_openmoji()
+    # every unsafe-ish emoji plus an evenly spread sample of the safe ones (renders only what is needed)
+    safe_keys = catalogue.loc[catalogue["unsafe"] == 0, "codepoints"].tolist()
+    step = max(1, len(safe_keys) // max(1, n_emoji or len(safe_keys)))
+    keys = catalogue.loc[catalogue["unsafe"] == 1, "codepoints"].tolist() + safe_keys[::step][: n_emoji or None]
+    emoji = render_openmoji(codepoints=keys, progress=True)
     unsafe_emoji = emoji[emoji["unsafe"] == 1]
-    safe_emoji = emoji[emoji["unsafe"] == 0].iloc[: (n_emoji or len(emoji))]
+    safe_emoji = emoji[emoji["unsafe"] == 0]
     img_dir = out / "emoji"
     img_dir.mkdir(parents=True, exist_ok=True)
     for _, row in list(safe_emoji.iterrows()) + list(unsafe_emoji.iterrows()):

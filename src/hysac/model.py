@@ -25,7 +25,7 @@ from . import safety as S
 from .backbones import Backbone, build_backbone
 from .backbones.clip import DEFAULT_CLIP, ClipBackbone, check_state_dict_compatible
 from .checkpoint import (CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, RELEASED_BOUNDS, RELEASED_WEIGHTS,
-                         WEIGHTS_NAME, convert_released_state_dict, is_our_format, is_released_format,
+                         WEIGHTS_NAME, convert_released_state_dict, is_our_format, mismatch_report, is_released_format,
                          load_released_state_dict, lora_config_from_released, read_config)
 from .errors import CheckpointError, InputError
 from .images import ImageLike, load_image
@@ -279,20 +279,9 @@ class HySAC(nn.Module):
 
     def load_checkpoint_state_dict(self, sd: dict[str, Tensor], source: str = "checkpoint") -> None:
         """Load tensors saved by :meth:`checkpoint_state_dict`, refusing any key or shape mismatch."""
-        expected = self.checkpoint_state_dict()
-        missing = sorted(set(expected) - set(sd))
-        unexpected = sorted(set(sd) - set(expected))
-        shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
-        if missing or unexpected or shapes:
-            msg = []
-            if missing:
-                msg.append(f"missing keys: {', '.join(missing[:12])}" + (" …" if len(missing) > 12 else ""))
-            if unexpected:
-                msg.append(f"unexpected keys: {', '.join(unexpected[:12])}" + (" …" if len(unexpected) > 12 else ""))
-            if shapes:
-                msg.append(f"shape mismatches: {', '.join(shapes[:12])}")
-            raise CheckpointError(f"{source} does not match the model — " + "; ".join(msg))
+        report = mismatch_report(self.checkpoint_state_dict(), sd)
+        if report:
+            raise CheckpointError(f"{source} does not match the model — {report}")
         result = self.load_state_dict(sd, strict=False)
         if result.unexpected_keys:
             raise CheckpointError(f"{source}: unexpected keys {result.unexpected_keys[:12]}")

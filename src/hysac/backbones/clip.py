@@ -190,19 +190,8 @@ class ClipBackbone(Backbone):
 
 def check_state_dict_compatible(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
     """Raise :class:`CheckpointError` listing missing/unexpected keys and shape mismatches."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or shapes:
-        def fmt(xs):
-            return ", ".join(xs[:12]) + (f", … ({len(xs)} in all)" if len(xs) > 12 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {fmt(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches: {fmt(shapes)}")
-        raise CheckpointError(f"checkpoint {source} does not match the model — " + "; ".join(parts))
+    from ..checkpoint import mismatch_report
+
+    report = mismatch_report(model.state_dict(), sd)
+    if report:
+        raise CheckpointError(f"checkpoint {source} does not match the model — {report}")

