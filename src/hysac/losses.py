@@ -739,15 +739,19 @@ def category_loss(
     return _masked_mean(per, m)
 
 
-def class_order_loss(dists: Tensor, classes: Tensor, n_classes: int = 4, margin: float = 0.05) -> Tensor:
+def class_order_loss(dists: Tensor, classes: Tensor, n_classes: int = 4, margin: float = 0.05,
+                     log_space: bool = False) -> Tensor:
     """Batch-level radial ordering of content classes (our extension): for every pair of rows (a, b) with
     ``classes[b] == classes[a] + 1``, ``relu(d_a + margin − d_b)``, averaged over the pairs of each adjacent class
     pair and then over the class pairs present. (N,), (N,) int in [0, n_classes) → 0-d.
 
     With classes S=0, V=1, U=2, G=3 this asks for the paper's ordering safe text < safe image < unsafe text <
-    unsafe image of distances from the origin without needing semantically paired rows.
+    unsafe image of distances from the origin without needing semantically paired rows. With ``log_space`` the
+    hinge is on ``log d`` (a ratio margin), so it keeps its meaning when the whole embedding grows or shrinks.
     """
     d = dists.float()
+    if log_space:
+        d = torch.log(d.clamp_min(1e-6))
     losses = []
     for k in range(n_classes - 1):
         a = d[classes == k]

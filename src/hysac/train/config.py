@@ -43,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
         "aperture_scale": 1.0,
         "class_order": 1.0,  # weight of the batch-level S < V < U < G radial ordering (our extension)
         "order_margin": 0.1,
+        "order_log_space": False,  # hinge on log-distances (ratio margin) instead of distances
         "category": 1.0,  # weight of the 7-category BCE head
+        "category_unsafe_only": True,  # train the category head on unsafe rows only
         "safeclip": {},  # SafeCLIPLossWeights overrides
     },
     "optim": {

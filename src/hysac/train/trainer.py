@@ -166,8 +166,11 @@ class Trainer:
         self.model = self._build_model().to(self.device)
         cache_dir = Path(cfg["data"].get("cache_dir") or os.environ.get("HYSAC_CACHE_DIR")
                          or Path.home() / ".cache" / "hysac") / "features"
-        self._text_memo: dict[str, Tensor] = {}
+        self._text_memo = self._load_text_memo(cache_dir)
+        n_memo = len(self._text_memo)
         self.data = self._build_data()
+        if len(self._text_memo) > n_memo:
+            self._save_text_memo(cache_dir)
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
                                self._text_memo)
         self._text_memo = {}
@@ -219,6 +222,37 @@ class Trainer:
         return HySAC(backbone, curv_init=float(m.get("curv_init", 1.0)), learn_curv=bool(m.get("learn_curv", True)),
                      category_head=False if head is None else (int(head) or True), traversal=m.get("traversal"),
                      name=cfg["name"])
+
+    def _memo_path(self, cache_dir: Path) -> Path | None:
+        bb = self.model.backbone
+        if not hasattr(bb, "text_base_features"):
+            return None  # only frozen base features are reusable across runs
+        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if "head" not in k and k != "seed"},
+                                        sort_keys=True).encode()).hexdigest()[:20]
+        return Path(cache_dir) / f"text-memo-{key}.safetensors"
+
+    def _load_text_memo(self, cache_dir: Path) -> dict[str, Tensor]:
+        """Frozen text features computed by earlier runs (texts in the file's metadata), to skip re-encoding."""
+        path = self._memo_path(cache_dir)
+        if path is None or not path.is_file():
+            return {}
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            texts = json.loads(fh.metadata()["texts"])
+            feats = fh.get_tensor("features")
+        return dict(zip(texts, feats))
+
+    def _save_text_memo(self, cache_dir: Path) -> None:
+        path = self._memo_path(cache_dir)
+        if path is None or self.rank != 0:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self._text_memo)
+        tmp = path.with_suffix(".tmp")
+        save_file({"features": torch.stack([self._text_memo[t] for t in texts]).contiguous()}, str(tmp),
+                  metadata={"texts": json.dumps(texts)})
+        tmp.replace(path)
 
     def _build_data(self) -> TrainData:
         kind = self.cfg["data"]["kind"]
@@ -301,13 +335,17 @@ class Trainer:
                 m = masks[f"has_{k}"]
                 ds.append(L.dist0(hyp[k][m], c))
                 cls.append(torch.full((int(m.sum()),), ci, device=self.device))
-            order = class_order_loss(torch.cat(ds), torch.cat(cls), margin=float(cfg_l.get("order_margin", 0.1)))
+            order = class_order_loss(torch.cat(ds), torch.cat(cls), margin=float(cfg_l.get("order_margin", 0.1)),
+                                     log_space=bool(cfg_l.get("order_log_space", False)))
             logs["class_order"] = float(order)
             parts.append(w_order * order)
         w_cat = float(cfg_l.get("category", 0.0))
         if w_cat > 0 and self.model.category_head is not None:
             logits, targets = [], []
-            for k, cats in (("T", None), ("I", None), ("Ts", batch["ts_cats"]), ("Is", batch["is_cats"])):
+            pairs = (("Ts", batch["ts_cats"]), ("Is", batch["is_cats"]))
+            if not cfg_l.get("category_unsafe_only", True):  # safe rows as all-negative targets
+                pairs = (("T", None), ("I", None)) + pairs
+            for k, cats in pairs:
                 m = masks[f"has_{k}"]
                 if not bool(m.any()):
                     continue

@@ -1,0 +1,349 @@
+"""The on-disk index directory: layout, schema and the read side.
+
+Layout of an index ``DIR``::
+
+    DIR/
+      index.json            summary: format + version, model_id, model_source, embed_dim, curvature, ann config,
+                            engine, counts per modality, error count, sources, FAISS files, created/updated (UTC)
+      items.sqlite          the source of truth (SQLite, WAL): tables ``items`` (id = FAISS id, key UNIQUE,
+                            modality, text/path, score, unsafe, categories JSON, metadata JSON, source),
+                            ``shards`` (embedding file → id range), ``errors`` (items that failed), ``sources``
+      embeddings/shard-00000000.npy   float32 (n, D) space components of items ``start .. start+n-1``
+      faiss.text.index      IndexIDMap(IndexFlatIP | IndexHNSWFlat) over ``[x, x_t]`` of the text items
+      faiss.image.index     the same for the image items
+      errors.jsonl          one JSON object per item that could not be indexed (key, content, stage, error)
+      staging/              Ray parts waiting to be merged (empty after a finished build)
+      .lock                 flock'ed by the one process allowed to write
+
+Atomicity: an embedding shard is written to a temporary name, fsync'ed and renamed **before** the SQLite
+transaction that inserts its rows and its ``shards`` row commits. A process killed at any point leaves either a
+committed batch or an unreferenced shard file (removed on the next write open), never rows without vectors.
+Item ids are assigned ``0..N-1`` in commit order and are the FAISS ids. The FAISS files are derived data: they
+are (re)synchronised at the end of a build/add and rebuilt in memory at search time if missing or stale.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InputError, ModelMismatchError
+from .ann import AnnConfig
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INDEX_JSON",
+    "DB_FILE",
+    "EMB_DIR",
+    "ERRORS_FILE",
+    "STAGING_DIR",
+    "LOCK_FILE",
+    "MODALITIES",
+    "faiss_file",
+    "utcnow",
+    "IndexStore",
+    "EmbeddingReader",
+]
+
+FORMAT = "hysac-index"
+FORMAT_VERSION = 1
+INDEX_JSON = "index.json"
+DB_FILE = "items.sqlite"
+EMB_DIR = "embeddings"
+ERRORS_FILE = "errors.jsonl"
+STAGING_DIR = "staging"
+LOCK_FILE = ".lock"
+MODALITIES = ("text", "image")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT    NOT NULL UNIQUE,
+    modality    TEXT    NOT NULL,
+    content     TEXT    NOT NULL,
+    score       REAL    NOT NULL,
+    unsafe      INTEGER NOT NULL,
+    categories  TEXT,
+    metadata    TEXT    NOT NULL,
+    source      INTEGER
+);
+CREATE INDEX IF NOT EXISTS items_by_modality ON items(modality, id);
+CREATE TABLE IF NOT EXISTS shards (
+    seq    INTEGER PRIMARY KEY,
+    file   TEXT    NOT NULL UNIQUE,
+    start  INTEGER NOT NULL,
+    count  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS errors (
+    key      TEXT PRIMARY KEY,
+    modality TEXT,
+    content  TEXT,
+    stage    TEXT,
+    error    TEXT,
+    source   INTEGER,
+    time     TEXT
+);
+CREATE TABLE IF NOT EXISTS sources (
+    id       INTEGER PRIMARY KEY,
+    path     TEXT NOT NULL,
+    kind     TEXT,
+    modality TEXT,
+    col      TEXT,
+    engine   TEXT,
+    started  TEXT,
+    finished TEXT
+);
+"""
+
+
+def faiss_file(modality: str) -> str:
+    return f"faiss.{modality}.index"
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class EmbeddingReader:
+    """Random access to the embedding shards by item id (memory-mapped ``.npy`` files)."""
+
+    def __init__(self, root: Path, shards: Sequence[tuple[str, int, int]], dim: int):
+        self.root = root
+        self.dim = dim
+        rows = sorted(shards, key=lambda r: r[1])
+        self.files = [r[0] for r in rows]
+        self.starts = [int(r[1]) for r in rows]
+        self.counts = [int(r[2]) for r in rows]
+        self.total = sum(self.counts)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _shard(self, i: int) -> np.ndarray:
+        arr = self._cache.get(i)
+        if arr is None:
+            path = self.root / EMB_DIR / self.files[i]
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise InputError(f"index embedding shard {path} is missing or unreadable: {e}") from None
+            if arr.ndim != 2 or arr.shape != (self.counts[i], self.dim):
+                raise InputError(f"index embedding shard {path} has shape {arr.shape}, expected "
+                                 f"({self.counts[i]}, {self.dim})")
+            self._cache[i] = arr
+        return arr
+
+    def get(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Embeddings of ``ids`` (any shape of int array) → ``ids.shape + (D,)`` float32."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.reshape(-1)
+        out = np.empty((flat.size, self.dim), dtype=np.float32)
+        if flat.size == 0:
+            return out.reshape(ids.shape + (self.dim,))
+        starts = np.asarray(self.starts, dtype=np.int64)
+        which = np.searchsorted(starts, flat, side="right") - 1
+        if (which < 0).any() or (flat >= self.total).any():
+            raise IndexError("item id out of range")
+        for s in np.unique(which):
+            sel = which == s
+            out[sel] = self._shard(int(s))[flat[sel] - starts[s]]
+        return out.reshape(ids.shape + (self.dim,))
+
+    def range(self, start: int, stop: int) -> np.ndarray:
+        """Embeddings of ids ``start .. stop-1`` (contiguous)."""
+        return self.get(np.arange(start, stop, dtype=np.int64))
+
+    def iter_chunks(self, ids: np.ndarray, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(0, len(ids), chunk):
+            part = ids[i : i + chunk]
+            yield part, self.get(part)
+
+
+class IndexStore:
+    """An index directory opened for reading. :class:`~hysac.index.writer.IndexWriter` adds the write side."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.info = self.read_info(self.root)
+        self.conn = connect(self.root / DB_FILE)
+        self._emb: EmbeddingReader | None = None
+
+    # -- index.json ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def exists(root: str | Path) -> bool:
+        return (Path(root) / INDEX_JSON).is_file()
+
+    @staticmethod
+    def read_info(root: Path) -> dict[str, Any]:
+        path = root / INDEX_JSON
+        if not root.exists():
+            raise InputError(f"index not found: {root}")
+        if not path.is_file():
+            raise InputError(f"{root} is not a hysac index (no {INDEX_JSON})")
+        try:
+            info = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise InputError(f"index file {path} is unreadable: {e}") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise InputError(f"{path} is not a hysac index description")
+        if int(info.get("format_version", -1)) > FORMAT_VERSION:
+            raise InputError(
+                f"index {root} has format version {info.get('format_version')}; this hysac reads <= {FORMAT_VERSION}"
+            )
+        for k in ("model_id", "embed_dim", "curvature"):
+            if k not in info:
+                raise InputError(f"{path} lacks {k!r}")
+        return info
+
+    @property
+    def model_id(self) -> str:
+        return str(self.info["model_id"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.info["embed_dim"])
+
+    @property
+    def curvature(self) -> float:
+        return float(self.info["curvature"])
+
+    @property
+    def ann(self) -> AnnConfig:
+        return AnnConfig.from_dict(self.info.get("ann"))
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model other than the one that built the index (ModelMismatchError)."""
+        mid = str(getattr(model, "model_id", ""))
+        if mid != self.model_id:
+            raise ModelMismatchError(
+                f"index {self.root} was built with model {self.model_id!r}; refusing model {mid!r}"
+            )
+        dim = int(getattr(model, "embed_dim"))
+        curv = float(getattr(model, "curvature"))
+        if dim != self.embed_dim or not math.isclose(curv, self.curvature, rel_tol=1e-5, abs_tol=1e-8):
+            raise ModelMismatchError(
+                f"index {self.root} holds {self.embed_dim}-d points of curvature {self.curvature:g}; model "
+                f"{mid!r} gives {dim}-d points of curvature {curv:g}"
+            )
+
+    # -- rows -----------------------------------------------------------------------------------------------------
+    def count(self, modality: str | None = None) -> int:
+        if modality is None:
+            return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM items WHERE modality=?", (modality,)).fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        out = {"total": 0, "text": 0, "image": 0}
+        for mod, n in self.conn.execute("SELECT modality, COUNT(*) FROM items GROUP BY modality"):
+            out[str(mod)] = int(n)
+            out["total"] += int(n)
+        return out
+
+    def error_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM errors").fetchone()[0])
+
+    def existing_keys(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` already committed."""
+        keys = list(keys)
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            q = "SELECT key FROM items WHERE key IN (%s)" % ",".join("?" * len(part))
+            found.update(r[0] for r in self.conn.execute(q, part))
+        return found
+
+    def ids_of(self, modality: str) -> np.ndarray:
+        rows = self.conn.execute("SELECT id FROM items WHERE modality=? ORDER BY id", (modality,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def scores_modalities(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float64 scores and (N,) int8 modality codes (0 text, 1 image), indexed by item id."""
+        n = self.count()
+        scores = np.zeros(n, dtype=np.float64)
+        mods = np.zeros(n, dtype=np.int8)
+        cur = self.conn.execute("SELECT id, score, modality FROM items")
+        while True:
+            rows = cur.fetchmany(100_000)
+            if not rows:
+                break
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            scores[ids] = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+            mods[ids] = np.fromiter((r[2] == "image" for r in rows), dtype=np.int8, count=len(rows))
+        return scores, mods
+
+    def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Item rows by id: key, modality, content, score, unsafe, categories, metadata."""
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            q = ("SELECT id, key, modality, content, score, unsafe, categories, metadata FROM items "
+                 "WHERE id IN (%s)" % ",".join("?" * len(part)))
+            for r in self.conn.execute(q, part):
+                out[int(r[0])] = {
+                    "id": int(r[0]),
+                    "key": r[1],
+                    "modality": r[2],
+                    "content": r[3],
+                    "score": float(r[4]),
+                    "unsafe": bool(r[5]),
+                    "categories": json.loads(r[6]) if r[6] else None,
+                    "metadata": json.loads(r[7]) if r[7] else {},
+                }
+        return out
+
+    def errors(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT key, modality, content, stage, error, source, time FROM errors ORDER BY time, key")
+        cols = ("key", "modality", "content", "stage", "error", "source", "time")
+        return [dict(zip(cols, r)) for r in cur]
+
+    def sources(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT id, path, kind, modality, col, engine, started, finished FROM sources ORDER BY id")
+        cols = ("id", "path", "kind", "modality", "column", "engine", "started", "finished")
+        return [dict(zip(cols, r)) for r in cur]
+
+    # -- embeddings -------------------------------------------------------------------------------------------
+    def shard_rows(self) -> list[tuple[str, int, int]]:
+        return [(r[0], int(r[1]), int(r[2])) for r in
+                self.conn.execute("SELECT file, start, count FROM shards ORDER BY start")]
+
+    @property
+    def embeddings(self) -> EmbeddingReader:
+        """Reader over the committed shards (refreshed when the shard table changed)."""
+        rows = self.shard_rows()
+        if self._emb is None or self._emb.files != [r[0] for r in rows]:
+            self._emb = EmbeddingReader(self.root, rows, self.embed_dim)
+        return self._emb
+
+    def summary(self) -> dict[str, Any]:
+        """index.json content refreshed from the database (what ``hysac index info`` prints)."""
+        info = dict(self.info)
+        info["counts"] = self.counts()
+        info["errors"] = self.error_count()
+        info["sources"] = self.sources()
+        return info
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
