@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
         "emoji_limit": None,  # render/use only the first N emoji (tests)
         "emoji_codepoints": None,  # or an explicit list of OpenMoji codepoint keys, e.g. ["1F600", "1F52B"]
         "max_per_source": None,  # cap texts per source (tests)
+        "clipart": False,  # add Open Clip Art images (apt-get install openclipart-png)
+        "clipart_root": None,  # default /usr/share/openclipart/png
+        "clipart_max_safe": 2000,
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "visu_train": None, "visu_val": None, "visu_test": None, "coco_root": None, "visu_root": None,

@@ -88,12 +88,41 @@ def _cap(seq, n):
     return seq if n is None else seq[: int(n)]
 
 
+def offline_image_splits(d: dict, seed: int):
+    """The image side of the offline data: rendered OpenMoji (+ Open Clip Art when ``d['clipart']``) as one frame
+    (``path``, ``codepoints``, ``caption``, ``unsafe``, ``categories``) and its train/val/test row indices,
+    stratified by the unsafe flag. Training and ``hysac eval`` both call this, so their splits agree."""
+    from ..data import render_openmoji, split_indices
+
+    em_cache = None if d.get("cache_dir") is None else Path(d["cache_dir"]) / "openmoji" / str(d["openmoji_size"])
+    emoji = render_openmoji(size=int(d["openmoji_size"]), cache_dir=em_cache, limit=d.get("emoji_limit"),
+                            codepoints=d.get("emoji_codepoints"))
+    if len(emoji) == 0:
+        raise InputError("no OpenMoji images could be rendered")
+    if d.get("clipart"):  # Open Clip Art (Debian openclipart-png) as a second image source
+        import pandas as pd
+
+        from ..data.clipart import load_openclipart
+
+        clip = load_openclipart(d.get("clipart_root"), max_safe=d.get("clipart_max_safe", 2000), seed=seed)
+        emoji = pd.concat([emoji[["path", "codepoints", "caption", "unsafe", "categories"]], clip],
+                          ignore_index=True)
+    em_parts: list[list[int]] = [[], [], []]
+    fr = (1 - d["val_fraction"] - d["test_fraction"], d["val_fraction"], d["test_fraction"])
+    for flag in (0, 1):  # stratified by the unsafe flag
+        idx = np.flatnonzero(emoji["unsafe"].to_numpy() == flag)
+        for part, sel in zip(em_parts, split_indices(len(idx), fr, seed=seed + 10 + flag)):
+            part.extend(idx[sel].tolist())
+
+    return emoji, em_parts
+
+
 def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"]) -> TrainData:
-    """I2P + COCO captions + safe art prompts (``../shared/data``) and rendered OpenMoji.
+    """I2P + COCO captions + safe art prompts (``../shared/data``) and images (:func:`offline_image_splits`).
 
     ``text_features(texts) -> (N, d)`` is the frozen text space used to pair prompts with safe captions.
     """
-    from ..data import render_openmoji, split_indices, text_safety_splits
+    from ..data import text_safety_splits
 
     d = cfg["data"]
     seed = int(cfg["seed"])
@@ -112,17 +141,7 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
         return out
 
     train, val, test = capped(splits.train), capped(splits.val), capped(splits.test)
-    em_cache = None if d.get("cache_dir") is None else Path(d["cache_dir"]) / "openmoji" / str(d["openmoji_size"])
-    emoji = render_openmoji(size=int(d["openmoji_size"]), cache_dir=em_cache, limit=d.get("emoji_limit"),
-                            codepoints=d.get("emoji_codepoints"))
-    if len(emoji) == 0:
-        raise InputError("no OpenMoji images could be rendered")
-    em_parts: list[list[int]] = [[], [], []]
-    fr = (1 - d["val_fraction"] - d["test_fraction"], d["val_fraction"], d["test_fraction"])
-    for flag in (0, 1):  # stratified by the unsafe flag
-        idx = np.flatnonzero(emoji["unsafe"].to_numpy() == flag)
-        for part, sel in zip(em_parts, split_indices(len(idx), fr, seed=seed + 10 + flag)):
-            part.extend(idx[sel].tolist())
+    emoji, em_parts = offline_image_splits(d, seed)
 
     texts, images = _Pool(), _Pool()
     from ..data import categories_to_multihot
@@ -178,10 +197,11 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
             pair_unsafe=em_unsafe[em_idx] if em_idx else np.zeros(0, bool),
         )
 
-    info = {"train_unsafe_texts": len(unsafe_tr), "train_safe_texts": len(safe_tr),
-            "train_safe_emoji": len(tr_safe_em), "train_unsafe_emoji": len(tr_unsafe_em),
-            "val_texts": len(val), "test_texts": len(test), "val_emoji": len(em_parts[1]),
-            "test_emoji": len(em_parts[2])}
+    info = {"train_unsafe_texts": len(unsafe_tr), "train_safe_texts": len(safe_tr), "images": len(emoji),
+            "train_safe_images": len(tr_safe_em), "train_unsafe_images": len(tr_unsafe_em),
+            "val_texts": len(val), "test_texts": len(test), "val_images": len(em_parts[1]),
+            "test_images": len(em_parts[2]), "val_unsafe_images": int(em_unsafe[em_parts[1]].sum()),
+            "test_unsafe_images": int(em_unsafe[em_parts[2]].sum())}
     return TrainData(texts.items, images.items, families, evalset(val, em_parts[1]), evalset(test, em_parts[2]),
                      info)
 

@@ -575,9 +575,7 @@ class Trainer:
             # end of epoch: validate, select, maybe stop
             metrics = self.evaluate("val")
             sel = cfg.get("select_metric", "auroc_text")
-            score = metrics.get(sel)
-            if score is None:
-                score = metrics.get("recall_sum", 0.0)
+            score = selection_score(sel, metrics)
             improved = self.state["best"] is None or score > self.state["best"]
             if improved:
                 self.state.update(best=score, best_epoch=ep, bad_epochs=0)
@@ -641,6 +639,22 @@ class Trainer:
                 (Path(export) / "training_config.json").write_text(dump_config(self.cfg))
                 self.log(f"exported model to {export}")
         return result
+
+
+def selection_score(expr: str, metrics: dict[str, Any]) -> float:
+    """Model-selection score: a metric name or a weighted sum such as
+    ``"auroc_text + 0.1*category_head_macro_auroc + 0.001*recall_sum"``; missing metrics count as 0."""
+    total = 0.0
+    for term in expr.replace(" ", "").split("+"):
+        weight, _, name = term.rpartition("*")
+        value = metrics.get(name)
+        if not isinstance(value, (int, float)):
+            value = 0.0
+        try:
+            total += (float(weight) if weight else 1.0) * float(value)
+        except ValueError:
+            raise InputError(f"select_metric {expr!r}: cannot read the weight in {term!r}") from None
+    return total
 
 
 def _py_rng_to_json(state) -> list:
