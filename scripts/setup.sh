@@ -14,4 +14,11 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${HYSAC_TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install --quiet -e ".[dev]"
+# The web-page test drives headless Chromium (Debian packages). Installed when we can (root + apt-get);
+# set HYSAC_SKIP_BROWSER=1 to skip. Without it the browser test is skipped with a reason.
+if [ -z "${HYSAC_SKIP_BROWSER:-}" ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; } && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = "0" ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
 echo "hysac $(python -c 'import importlib.metadata as m; print(m.version("hysac"))') ready in .venv (torch $(python -c 'import torch; print(torch.__version__)'))"

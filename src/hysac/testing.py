@@ -84,8 +84,11 @@ def make_released_checkpoint(out_dir: str | Path, clip_folder: str | Path, *, lo
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
+    from .backbones.clip import _quiet_transformers
+
     for prefix, cls in (("visual", CLIPVisionModelWithProjection), ("textual", CLIPTextModelWithProjection)):
-        tower = cls.from_pretrained(clip_folder, local_files_only=True)
+        with _quiet_transformers():
+            tower = cls.from_pretrained(clip_folder, local_files_only=True)
         names = {n.rsplit(".", 1)[-1] for n, _ in tower.named_modules()}
         peft_cfg = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
                               target_modules=[t for t in lora["target_modules"] if t in names], bias="none")

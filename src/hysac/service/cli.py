@@ -1,0 +1,57 @@
+"""``hysac serve``: run the HTTP service and web page with uvicorn (mounted by :mod:`hysac.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+
+__all__ = ["serve_command"]
+
+
+def serve_command(
+    index: Optional[Path] = typer.Option(None, "--index", "-i",
+                                         help="Index directory to search (default: none; /search answers 503)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Model name or folder (default: the index's model, else the shipped "
+                                             "hysac-mini)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+    max_upload_mb: float = typer.Option(8, "--max-upload-mb", help="Largest request body, in MiB."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Most inputs per /classify request."),
+    max_k: int = typer.Option(100, "--max-k", help="Largest k a search may ask for."),
+    torch_threads: Optional[int] = typer.Option(
+        None, "--torch-threads", help="torch intra-op threads for inference (default: torch's, one per core; 1 is "
+                                      "often faster for small models on a busy machine)."),
+    keep_alive: int = typer.Option(30, "--keep-alive", help="Seconds an idle keep-alive connection stays open."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
+) -> None:
+    """Serve the HTTP API (/classify, /search, /traverse, /health, docs at /docs) and the web page at /."""
+    import uvicorn
+
+    from .app import create_app
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"port must be in 0..65535, got {port}")
+    if max_upload_mb <= 0 or max_batch < 1 or max_k < 1:
+        raise InputError("--max-upload-mb, --max-batch and --max-k must be positive")
+    if index is not None and not index.exists():
+        raise InputError(f"index not found: {index}")
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise InputError(f"--torch-threads must be >= 1, got {torch_threads}")
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    app = create_app(model, index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch,
+                     max_k=max_k)
+    where = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
+    typer.echo(f"hysac serve: model {app.state.engine.model.model_id}"
+               + (f", index {index}" if index is not None else ", no index")
+               + f" — open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (listening on {where})",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("debug", "info"),
+                timeout_keep_alive=keep_alive)
