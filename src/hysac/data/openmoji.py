@@ -227,9 +227,11 @@ def _select(catalogue: pd.DataFrame, codepoints: Iterable[str] | None, limit: in
         if isinstance(codepoints, str):
             codepoints = [codepoints]
         wanted = [codepoints_key(parse_codepoints(c)) for c in codepoints]
-        index = {k: i for i, k in enumerate(catalogue["codepoints"])}
+        # keys compared in their normalised form (file names may carry leading zeros, e.g. "0023-FE0F-20E3")
+        norm = [codepoints_key(parse_codepoints(k)) for k in catalogue["codepoints"]]
+        index = {k: i for i, k in enumerate(norm)}
         # Also accept sequences written without the FE0F variation selector.
-        loose = {k.replace("-FE0F", ""): i for i, k in enumerate(catalogue["codepoints"])}
+        loose = {k.replace("-FE0F", ""): i for i, k in enumerate(norm)}
         rows, unknown = [], []
         for w in dict.fromkeys(wanted):
             i = index.get(w, loose.get(w.replace("-FE0F", "")))
