@@ -337,7 +337,7 @@ class Trainer:
                 cls.append(torch.full((int(m.sum()),), ci, device=self.device))
             order = class_order_loss(torch.cat(ds), torch.cat(cls), margin=float(cfg_l.get("order_margin", 0.1)),
                                      log_space=bool(cfg_l.get("order_log_space", False)))
-            logs["class_order"] = float(order)
+            logs["class_order"] = float(order.detach())
             parts.append(w_order * order)
         w_cat = float(cfg_l.get("category", 0.0))
         if w_cat > 0 and self.model.category_head is not None:
@@ -354,7 +354,7 @@ class Trainer:
                                else cats.to(self.device)[m])
             if logits:
                 cl = category_loss(torch.cat(logits), torch.cat(targets))
-                logs["category"] = float(cl)
+                logs["category"] = float(cl.detach())
                 parts.append(w_cat * cl)
         return sum(parts), logs
 
