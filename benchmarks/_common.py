@@ -23,6 +23,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_1m": os.getloadavg()[0],
     }
     return info
 

@@ -80,7 +80,7 @@ def main() -> None:
     m = payload["machine"]
     md = f"""# Traversal throughput (CPU)
 
-{m['date']} · {m['cpu']} · {m['cpu_count']} cores · torch {m['torch']} · Python {m['python']}
+{m['date']} · {m['cpu']} · {m['cpu_count']} cores · torch {m['torch']} · Python {m['python']} · load average {m['load_avg_1m']:.1f} at start (shared machine; the ratio is measured in one process)
 
 `python benchmarks/bench_traversal.py --n {args.n} --dim {args.dim} --loop-n {args.loop_n}`
 
