@@ -75,3 +75,16 @@ def test_config_errors(tmp_path):
         load_config(None, ["optim.lr"])
     with pytest.raises(InputError, match="objective"):
         load_config(None, ["objective=magic"])
+
+
+def test_safeclip_objective_runs_and_saves(tmp_path, clip_folder):
+    """The Euclidean Safe-CLIP objective trains on the same backbone and data and exports a loadable model."""
+    cfg = _cfg(tmp_path, clip_folder, tmp_path / "sc", objective="safeclip")
+    cfg["optim"]["epochs"] = 1
+    res = run_training(cfg)
+    assert res["objective"] == "safeclip" and res["global_step"] > 0
+    log = [json.loads(l) for l in (tmp_path / "sc" / "log.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert {"redir_T", "pres_T", "con_TI"} <= set(log[0])
+    assert "t2i_R@1" in res["val"] and "auroc_text" not in res["val"]
+    m = HySAC.from_pretrained(tmp_path / "sc" / "model")
+    assert m.encode_text(["x"], project=False).shape[0] == 1
