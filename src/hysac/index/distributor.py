@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import uuid
@@ -132,6 +133,7 @@ def run_ray(
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.WARNING, "ignore_reinit_error": True}
+        address = address or os.environ.get("RAY_ADDRESS")  # e.g. RAY_ADDRESS=auto on a cluster's head node
         if address:
             kwargs["address"] = address
         else:
