@@ -85,6 +85,8 @@ class HySAC(nn.Module):
         #: how redirect/seek-unsafe radii are chosen: {"rule": "official"|"bound", "alpha": 0.8}
         self.traversal = dict(traversal or {"rule": "official", "alpha": 0.8})
         self.name = name
+        #: training objective that produced the weights ("hysac" or the Euclidean "safeclip")
+        self.objective = "hysac"
         self._model_id: str | None = None
 
     # ------------------------------------------------------------------------------------------------ scalars
@@ -292,6 +294,7 @@ class HySAC(nn.Module):
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "name": self.name,
+            "objective": self.objective,
             "backbone": self.backbone.config(),
             "embed_dim": self.embed_dim,
             "curv_init": self.curv_init,
@@ -347,6 +350,7 @@ class HySAC(nn.Module):
             traversal=cfg.get("traversal"),
             name=cfg.get("name"),
         )
+        model.objective = cfg.get("objective", "hysac")
         return model
 
     @classmethod

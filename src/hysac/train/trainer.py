@@ -219,9 +219,11 @@ class Trainer:
             backbone = build_backbone(bcfg)
         m = cfg["model"]
         head = m.get("category_head", 0)
-        return HySAC(backbone, curv_init=float(m.get("curv_init", 1.0)), learn_curv=bool(m.get("learn_curv", True)),
-                     category_head=False if head is None else (int(head) or True), traversal=m.get("traversal"),
-                     name=cfg["name"])
+        model = HySAC(backbone, curv_init=float(m.get("curv_init", 1.0)), learn_curv=bool(m.get("learn_curv", True)),
+                      category_head=False if head is None else (int(head) or True), traversal=m.get("traversal"),
+                      name=cfg["name"])
+        model.objective = cfg["objective"]
+        return model
 
     def _memo_path(self, cache_dir: Path) -> Path | None:
         bb = self.model.backbone
