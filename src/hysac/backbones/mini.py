@@ -323,6 +323,9 @@ class MiniBackbone(Backbone):
         # --- heads, seeded without disturbing the caller's RNG
         self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
                                                      self.head_layernorm, seed)
+        # optional faster stand-ins for the frozen towers (see set_inference_engines); a plain dict, so they are
+        # neither submodules nor part of any state dict
+        self._engines: dict[str, Any] = {}
         self.train(self.training)
 
     # ------------------------------------------------------------------ config
@@ -510,12 +513,12 @@ class MiniBackbone(Backbone):
         if input_ids.shape[0] == 0:
             return torch.zeros(0, TEXT_BASE_DIM, device=self.device)
         track = torch.is_grad_enabled() and self.unfreeze_text_layers > 0
+        engine = self._engine("text", input_ids)
+        if engine is not None and not track:
+            return engine(input_ids, attention_mask)
         with torch.set_grad_enabled(track):
             hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * mask).sum(dim=1)
-            counts = mask.sum(dim=1).clamp(min=1e-9)
-            return summed / counts
+            return mean_pool(hidden, attention_mask)
 
     def image_base_features(self, pixel_values: Tensor) -> Tensor:
         """(B,3,224,224) → (B,1280) globally average-pooled EfficientNet-Lite0 features (classifier input)."""
@@ -523,10 +526,46 @@ class MiniBackbone(Backbone):
         if pixel_values.shape[0] == 0:
             return torch.zeros(0, IMAGE_BASE_DIM, device=self.device)
         track = torch.is_grad_enabled() and self.unfreeze_image_blocks > 0
+        engine = self._engine("image", pixel_values)
+        if engine is not None and not track:
+            return engine(pixel_values)
         with torch.set_grad_enabled(track):
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
             fmap = self.image_model.extract_features(pixel_values)
             return fmap.mean(dim=(2, 3))
+
+    # ------------------------------------------------------------------ inference engines (hysac.fast)
+    def set_inference_engines(self, text: Any = None, image: Any = None) -> None:
+        """Install faster stand-ins for the frozen towers (``None`` removes one), e.g. from :mod:`hysac.fast`.
+
+        ``text(input_ids, attention_mask) -> (B,384)`` must compute :meth:`text_base_features`, and
+        ``image(pixel_values) -> (B,1280)`` :meth:`image_base_features`, as float32 CPU tensors that are not
+        inference tensors. They are used for CPU inputs whenever the tower needs no gradient; a tower with
+        unfrozen layers cannot take one (its weights change during training)."""
+        if text is not None and self.unfreeze_text_layers:
+            raise InputError("mini backbone: no text engine on a text tower with unfrozen layers")
+        if image is not None and self.unfreeze_image_blocks:
+            raise InputError("mini backbone: no image engine on an image tower with unfrozen blocks")
+        engines = dict(getattr(self, "_engines", None) or {})
+        for key, engine in (("text", text), ("image", image)):
+            if engine is None:
+                engines.pop(key, None)
+            elif not callable(engine):
+                raise InputError(f"mini backbone: the {key} engine must be callable, got {type(engine).__name__}")
+            else:
+                engines[key] = engine
+        self._engines = engines
+
+    @property
+    def inference_engines(self) -> dict[str, Any]:
+        """The installed tower stand-ins by tower (``"text"``, ``"image"``); empty by default."""
+        return dict(getattr(self, "_engines", None) or {})
+
+    def _engine(self, tower: str, x: Tensor):
+        engines = getattr(self, "_engines", None)
+        if not engines or x.device.type != "cpu":
+            return None
+        return engines.get(tower)
 
     def head_text(self, feats: Tensor) -> Tensor:
         """(B,384) base text features → (B,embed_dim)."""
@@ -588,6 +627,14 @@ class MiniBackbone(Backbone):
                 f"unfreeze_image_blocks={self.unfreeze_image_blocks}")
 
 
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B,L,H) token states, (B,L) mask → (B,H) mean over the unmasked tokens (sentence-transformers pooling)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    return summed / counts
+
+
 def _check_feats(which: str, feats: Tensor, dim: int, device: torch.device) -> Tensor:
     if not isinstance(feats, Tensor):
         raise InputError(f"{which} base features must be a tensor, got {type(feats).__name__}")
@@ -620,6 +667,7 @@ __all__ = [
     "MiniBackbone",
     "image_weights_path",
     "make_heads",
+    "mean_pool",
     "pil_to_pixels",
     "resize_center_crop",
     "text_model_path",
