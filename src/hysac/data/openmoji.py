@@ -286,9 +286,11 @@ def render_openmoji(size: int = 224, cache_dir: str | os.PathLike[str] | None = 
         raise InputError(f"cannot create the OpenMoji cache folder {folder}: {e}") from e
     catalogue = list_openmoji(svg_dir)
     selection = _select(catalogue, codepoints, limit)
+    failed_file = folder / "failed.txt"  # SVGs that cairosvg cannot render: not retried on every call
+    known_bad = set(failed_file.read_text().split()) if failed_file.is_file() else set()
     todo = [(k, Path(s)) for k, s in zip(selection["codepoints"], selection["svg"], strict=True)
-            if not (folder / f"{k}.png").is_file()]
-    failed: set[str] = set()
+            if not (folder / f"{k}.png").is_file() and k not in known_bad]
+    failed: set[str] = set(known_bad)
     for key, svg in tqdm(todo, desc=f"rendering OpenMoji {size}px", unit="emoji", disable=not progress or not todo):
         try:
             image = render_svg(_read_svg(svg), size)
@@ -297,6 +299,8 @@ def render_openmoji(size: int = 224, cache_dir: str | os.PathLike[str] | None = 
             failed.add(key)
             continue
         _atomic_write(folder / f"{key}.png", functools.partial(image.save, format="PNG"))
+    if failed - known_bad:
+        _atomic_write(failed_file, lambda fh: fh.write("\n".join(sorted(failed)).encode()))
     done = catalogue[[(folder / f"{k}.png").is_file() for k in catalogue["codepoints"]]]
     manifest = _manifest_frame(done)
     _atomic_write(folder / MANIFEST_NAME, lambda fh: fh.write(manifest.to_csv(index=False).encode("utf-8")))
