@@ -73,6 +73,7 @@ def classify(
     model: Optional[str] = ModelOpt,
     threshold: Optional[float] = typer.Option(None, help="Decision threshold on the score (default: the model's)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input, in input order."),
+    fast: bool = typer.Option(False, "--fast", help="CPU fast path for the offline model (hysac.fast; same scores)."),
 ) -> None:
     """Score texts and images: distance from the origin (higher = more unsafe), unsafe flag, categories."""
     from .classify import classify_images, classify_texts, read_text_lines
@@ -85,6 +86,10 @@ def classify(
     if not items and not paths:
         _fail("nothing to classify: give --text, --text-file or --image")
     m = _load(model)
+    if fast:
+        from .fast import optimize_for_cpu
+
+        optimize_for_cpu(m)
     results = (classify_texts(m, items, threshold) if items else []) + (
         classify_images(m, paths, threshold) if paths else [])
     if json_out:
