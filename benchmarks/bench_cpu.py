@@ -430,6 +430,14 @@ def render_md(r: dict) -> str:
         f"- load average before timing: {ld['loadavg_at_start']} (quiet machine: {ld['quiet']}, waited "
         f"{ld['waited_s']} s; threshold {ld['max_load']}); 1-min load after each phase: {ld['during']} "
         "(includes this benchmark itself); at the end: " + str(ld["loadavg_at_end"]),
+    ]
+    peak = max([x for v in ld.get("during", {}).values() for x in v] or [0.0])
+    if peak > ld["max_load"] + 1.0:
+        lines.append(f"- note: the 1-min load reached {peak} during the timed phases (other jobs on the shared "
+                     "machine); the variants took turns on each chunk, so they saw the same conditions, but the "
+                     "eager-PyTorch baseline suffers more from contention than ONNX Runtime, which flatters the "
+                     "speed-ups of the phases with the highest load")
+    lines += [
         "",
         "Definitions: " + "; ".join(f"**{k}** = {v}" for k, v in r["definitions"].items()),
         "",

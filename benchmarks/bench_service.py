@@ -368,7 +368,7 @@ def write_report(res: dict, out: Path) -> None:
         f"- date: {e['date']}",
         f"- machine: {e['machine']['cpu']}, {e['machine']['cores']} cores, {e['machine']['platform']}; load average "
         f"at start {e['machine']['loadavg_at_start']}, at end {e['machine'].get('loadavg_at_end')} (a model training "
-        "run of another engineer shared the machine; the load clients and the server share the same cores too)",
+        "run shared the machine; the load clients and the server share the same cores too)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in e["versions"].items()),
         f"- model: {st['model']}; index: {st['index_items']} items ({st['index_counts']}); the service runs "
         "inference and search in one worker thread",
