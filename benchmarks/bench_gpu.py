@@ -263,7 +263,8 @@ def run_inference(args, arch, device) -> tuple[dict, object]:
         ti = time_it(f_img, device, args.warmup, args.iters)
         tt = time_it(f_txt, device, args.warmup, args.iters)
         x_img, x_txt = f_img(), f_txt()
-        entry = {"note": note, "images_per_s": round(B / ti["median_s"], 2), "texts_per_s": round(B / tt["median_s"], 2),
+        entry = {"note": note, "images_per_s": round(B / ti["median_s"], 2),
+                 "texts_per_s": round(B / tt["median_s"], 2),
                  "timings": {"images": ti, "texts": tt}, "peak_mem_gb": peak_gb(device)}
         if not refs:
             refs.update(image=x_img.detach().float().cpu(), text=x_txt.detach().float().cpu())
@@ -672,7 +673,8 @@ def render_md(r: dict) -> str:
             lines += [f"Loss curves ({lc['steps']} steps, same init and batches, LoRA dropout 0): official "
                       f"{lc['official_first_last'][0]:.4f} → {lc['official_first_last'][1]:.4f}, fast "
                       f"{lc['fast_first_last'][0]:.4f} → {lc['fast_first_last'][1]:.4f}; "
-                      f"max |Δ| {lc['max_abs_diff']:.2e}, max relative {lc['max_rel_diff']:.2e} (tolerance {lc['rtol']}): "
+                      f"max |Δ| {lc['max_abs_diff']:.2e}, max relative {lc['max_rel_diff']:.2e} "
+                      f"(tolerance {lc['rtol']}): "
                       f"{'pass' if lc['passed'] else 'FAIL'}.", ""]
     s = r["speedup"]
     lines += ["## Speed-ups over official", "", "- " + ", ".join(f"{k}: {v}" for k, v in s.items()),

@@ -43,7 +43,7 @@ def texts() -> list[str]:
     from hysac.data import text_safety_splits
 
     test = text_safety_splits(seed=0, val_fraction=0.15, test_fraction=0.15).test
-    return [e.text for e in test[:40]] + EXTRA_TEXTS
+    return [e.text for e in test[:24]] + EXTRA_TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,7 @@ def images() -> list[Image.Image]:
 def reference(model, texts, images) -> dict:
     """The plain path's outputs (HySAC's own methods, no engines)."""
     fast.restore_cpu_defaults(model)
-    return {"text": model.encode_text(texts), "text_feats": model.encode_text(texts, project=False),
-            "image": model.encode_image(images, batch_size=2)}
+    return {"text": model.encode_text(texts), "image": model.encode_image(images, batch_size=2)}
 
 
 @pytest.fixture
@@ -103,8 +102,8 @@ def test_encode_text_fast_matches_plain_and_restores_order(plain, texts, referen
     got = fast.encode_text_fast(plain, texts, batch_size=8)
     assert got.shape == reference["text"].shape and not torch.is_inference(got)
     torch.testing.assert_close(got, reference["text"], atol=2e-5, rtol=1e-4)
-    feats = fast.encode_text_fast(plain, texts, batch_size=16, project=False)
-    torch.testing.assert_close(feats, reference["text_feats"], atol=2e-5, rtol=1e-4)
+    feats = fast.encode_text_fast(plain, texts[-8:], batch_size=4, project=False)
+    torch.testing.assert_close(feats, plain.encode_text(texts[-8:], project=False), atol=2e-5, rtol=1e-4)
     # a permutation of the input gives the same permutation of the output
     perm = np.random.default_rng(1).permutation(len(texts))
     shuffled = fast.encode_text_fast(plain, [texts[i] for i in perm], batch_size=8)
@@ -261,9 +260,8 @@ def test_engines_keep_heads_trainable(plain, texts):
 
 
 def test_prefetch_keeps_order(plain, images, reference):
-    paths_or_pils = images * 2
-    got = fast.encode_image_fast(plain, paths_or_pils, batch_size=3, prefetch=True)
-    want = torch.cat([reference["image"], reference["image"]])
+    got = fast.encode_image_fast(plain, images, batch_size=2, prefetch=True)
+    want = reference["image"]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     assert fast.encode_image_fast(plain, [], batch_size=3).shape == (0, plain.embed_dim)
 
