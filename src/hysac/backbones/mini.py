@@ -38,6 +38,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, InputError
+from ..images import to_rgb
 from . import register_backbone
 from .base import Backbone
 
@@ -137,50 +138,6 @@ def _load_image_tower(path: Path) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------------
 # image preprocessing (PIL + numpy; no torchvision)
 # ---------------------------------------------------------------------------------------------------------------
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image → 8-bit RGB. Alpha (RGBA, LA, PA, P/L with transparency) is composited over white; 16-bit,
-    32-bit integer and float greyscale are rescaled to 0..255 instead of being clipped."""
-    if not isinstance(image, Image.Image):
-        raise InputError(f"expected a PIL image, got {type(image).__name__}")
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I") or mode == "F":
-        image = _wide_grey_to_l(image)
-        mode = "L"
-    try:
-        if mode == "La":  # premultiplied alpha: PIL only converts it to LA
-            image, mode = image.convert("LA"), "LA"
-        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L") and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot convert a PIL image of mode {mode!r} to RGB: {exc}") from None
-
-
-def _wide_grey_to_l(image: Image.Image) -> Image.Image:
-    """'I;16*', 'I' and 'F' images → 'L', scaling by the value range the data evidently uses."""
-    mode = image.mode
-    arr = np.asarray(image).astype(np.float64)
-    if arr.size == 0:
-        return Image.new("L", image.size)
-    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(arr.min()), float(arr.max())
-    if mode.startswith("I;16"):
-        arr = arr / 65535.0 * 255.0
-    elif mode == "F" and lo >= 0.0 and hi <= 1.0:
-        arr = arr * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        pass
-    elif lo >= 0.0 and hi <= 65535.0:
-        arr = arr / 65535.0 * 255.0
-    else:
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-
 
 def resize_center_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     """Shorter side → ``size`` (bicubic, the longer side scaled proportionally and truncated like torchvision's

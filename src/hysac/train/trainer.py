@@ -617,8 +617,6 @@ class Trainer:
             from ..metrics import best_threshold
 
             thresholds = {}
-            es = self.data.val
-            c = self.model.curvature
             tscores = np.concatenate([dists["S"], dists["U"]])
             tlab = np.concatenate([np.zeros(len(dists["S"])), np.ones(len(dists["U"]))])
             crit = self.cfg.get("threshold_criterion", "youden")
@@ -628,7 +626,6 @@ class Trainer:
                 ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
                 thresholds["image"] = float(best_threshold(iscores, ilab, crit)[0])
             self.model.bounds = fit_bounds(dists, thresholds=thresholds)
-            del es, c
         result["val"] = self.evaluate("val")
         result["test"] = self.evaluate("test")
         if self.rank == 0:
