@@ -12,22 +12,25 @@ Inference variants (model only: random pixels / token ids already on the GPU, ba
 
 * ``official``: fp32 weights, eager attention, LoRA unmerged (peft), ``torch.no_grad`` — as the released code runs;
 * ``bf16_autocast_sdpa``: fp32 weights, ``torch.autocast(bfloat16)``, SDPA attention, LoRA unmerged, inference_mode;
-* ``bf16_merged_sdpa``: LoRA merged into the weights, weights cast to bf16, SDPA, inference_mode;
-* ``bf16_merged_sdpa_compile``: the same under ``torch.compile``.
+* ``bf16_merged_sdpa``: ``hysac.fast.optimize_for_gpu(model)`` — LoRA merged, bf16 weights, SDPA;
+* ``bf16_merged_sdpa_compile``: ``optimize_for_gpu(model, compile=True)``.
 
 Each fast variant is checked against ``official`` on the same inputs: cosine of the tangent features
 ``log_map0(x)`` >= 0.999 and relative error of the distance to the origin <= 1e-2.
 
-End-to-end JPEG path (files in, hyperboloid points out): ``official`` = decoding + CLIP preprocessing in the main
-process (DataLoader, 0 workers) and the fp32 model; ``fast`` = a DataLoader decoding / resizing / cropping in
-``--workers`` processes into uint8 tensors in pinned memory, normalisation on the GPU, the fastest model variant;
-plus the loader alone (is the pipeline decode-bound?).
+End-to-end JPEG path (files in, hyperboloid points out), both through ``model.encode_image(paths)``:
+``official`` = the plain method (decoding + the Hugging Face CLIP processor in the main process) on the fp32 eager
+model; ``fast`` = the method installed by ``optimize_for_gpu`` (decoding / resizing / cropping in ``--workers``
+loader processes into pinned uint8 chunks, normalisation on the GPU; :mod:`hysac.fast.loader`) on the fastest
+model variant; plus the loader alone (``hysac.fast.pixel_batches``: is the pipeline decode-bound?).
 
 Training (quadruplets/s at ``--train-batch`` = 32 quadruplets, i.e. 64 images + 64 texts per step, all 7 loss terms,
 LoRA + the HySAC scalars trainable, AdamW): ``official`` = fp32, eager attention, anomaly detection on, for-each
-AdamW; ``fast`` = bf16 autocast, SDPA, fused AdamW, ``torch.compile`` on the towers. Both start from the same
+AdamW; ``fast`` = the trainer's ``perf`` settings (``hysac.train.trainer.apply_perf``: SDPA, ``torch.compile`` on
+the towers, activation checkpointing when ``--grad-ckpt``) + bf16 autocast + fused AdamW. Both start from the same
 weights and see the same batches (a small fixed pool, cycled, so the loss goes down); LoRA dropout is set to 0 in
-both so that the two loss curves differ only by numerics, and the curves are compared step by step.
+both so that the two loss curves differ only by numerics, and the curves are compared step by step. ``fast_large``
+times the fast step at ``--fast-train-batch`` quadruplets per step (throughput only).
 
     python benchmarks/bench_gpu.py                    # on the GPU machine (writes benchmarks/results/gpu.*)
     python benchmarks/bench_gpu.py --tiny --out /tmp/g   # CPU smoke test: tiny towers, few iterations
@@ -57,8 +60,6 @@ from _common import machine  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 COS_MIN = 0.999
 DIST_RTOL = 1e-2
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: CLIP ViT-L/14 (openai/clip-vit-large-patch14) and a tiny stand-in for smoke tests
 ARCH = {
@@ -86,7 +87,7 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------- building
 def build_model(arch: dict, attn: str, device: torch.device, seed: int, lora_dropout: float | None = None):
     """HySAC(ClipBackbone(random CLIP towers + paper LoRA)), fp32, on ``device``. Same ``seed`` → same weights."""
-    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
                               CLIPVisionModelWithProjection)
     from transformers.utils import logging as hf_logging
 
@@ -106,24 +107,20 @@ def build_model(arch: dict, attn: str, device: torch.device, seed: int, lora_dro
         for name, p in [*visual.named_parameters(), *textual.named_parameters()]:
             if "lora_B" in name:  # peft initialises B to 0 (LoRA = no-op); make it count
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    bb = ClipBackbone(visual, textual, tokenizer=None, image_processor=None, source="random-init", lora=lora)
+    size = arch["vision"]["image_size"]
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    bb = ClipBackbone(visual, textual, tokenizer=None, image_processor=processor, source="random-init", lora=lora)
     return HySAC(bb, name="hysac-clip-vit-l-14-random").to(device)
 
 
-def set_attn(model, attn: str) -> None:
-    bb = model.backbone
-    for tower in (bb.visual, bb.textual):
-        base = bb._base(tower)
-        base.set_attn_implementation(attn)
-        if base.config._attn_implementation != attn:  # pragma: no cover - older transformers
-            raise RuntimeError(f"could not switch attention to {attn}")
+def fast_variant(model, device, compile_on: bool, args):
+    """The library's GPU fast path on a copy of ``model`` (patch_encode=False: model-only timing)."""
+    from hysac.fast import optimize_for_gpu
 
-
-def compile_towers(model, backend: str, mode: str | None) -> None:
-    bb = model.backbone
-    kw = {"backend": backend} if backend != "inductor" else {"mode": mode} if mode else {}
-    bb.visual = torch.compile(bb.visual, **kw)
-    bb.textual = torch.compile(bb.textual, **kw)
+    m = copy.deepcopy(model)
+    return optimize_for_gpu(m, device=device, precision="bf16", attention="sdpa", merge_lora=True,
+                            compile=compile_on, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
+                            workers=args.workers, image_batch_size=args.batch, text_batch_size=args.batch)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -160,35 +157,6 @@ def make_jpegs(folder: Path, n: int, size=(640, 480), seed: int = 0) -> list[Pat
         Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(p, quality=90)
         paths.append(p)
     return paths
-
-
-class JpegDataset(torch.utils.data.Dataset):
-    """Decode + CLIP geometry (shorter side → size, bicubic; centre crop). ``uint8=True``: (3,S,S) uint8 (the fast
-    path normalises on the GPU); else float32 normalised with the CLIP mean/std on the CPU (official style)."""
-
-    def __init__(self, paths: list[Path], size: int, uint8: bool) -> None:
-        self.paths, self.size, self.uint8 = list(paths), int(size), bool(uint8)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = self.size
-            nw, nh = (s, max(s, round(h * s / w))) if w <= h else (max(s, round(w * s / h)), s)
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - s) // 2, (nh - s) // 2
-            arr = np.asarray(im.crop((left, top, left + s, top + s)))
-        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-        if self.uint8:
-            return t
-        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(3, 1, 1)
-        return (t.float() / 255.0 - mean) / std
 
 
 # ---------------------------------------------------------------------------------------------------- timing
@@ -282,28 +250,30 @@ def run_inference(args, arch, device) -> tuple[dict, object]:
         return _stack(torch.inference_mode(), bf16())
 
     measure("official", model, torch.no_grad, "fp32, eager attention, LoRA unmerged, no_grad")
-    set_attn(model, "sdpa")
+    from hysac.fast import set_attention
+
+    set_attention(model.backbone, "sdpa")
     measure("bf16_autocast_sdpa", model, inference_bf16, "fp32 weights, bf16 autocast, SDPA, LoRA unmerged")
-    merged = copy.deepcopy(model)
+    merged = fast_variant(model, device, False, args)
     del model
-    merged.merge_lora()
-    merged.backbone.visual.to(torch.bfloat16)
-    merged.backbone.textual.to(torch.bfloat16)
-    measure("bf16_merged_sdpa", merged, torch.inference_mode, "LoRA merged, bf16 weights, SDPA")
+    _free(device)
+    measure("bf16_merged_sdpa", merged, torch.inference_mode, "optimize_for_gpu: LoRA merged, bf16 weights, SDPA")
     best = "bf16_merged_sdpa"
     if args.compile != "off":
-        compile_towers(merged, args.compile_backend, args.compile_mode)
+        compiled = fast_variant(merged, device, True, args)
         t0 = time.perf_counter()
-        f_img, f_txt = encode_fns(merged, px, ids, mask, torch.inference_mode)
+        f_img, f_txt = encode_fns(compiled, px, ids, mask, torch.inference_mode)
         f_img(), f_txt()
         sync(device)
         compile_s = time.perf_counter() - t0
-        measure("bf16_merged_sdpa_compile", merged, torch.inference_mode,
-                f"LoRA merged, bf16 weights, SDPA, torch.compile(backend={args.compile_backend}, "
-                f"mode={args.compile_mode})")
+        measure("bf16_merged_sdpa_compile", compiled, torch.inference_mode,
+                f"optimize_for_gpu(compile=True): LoRA merged, bf16 weights, SDPA, torch.compile("
+                f"backend={args.compile_backend}, mode={args.compile_mode})")
         out["bf16_merged_sdpa_compile"]["compile_s"] = round(compile_s, 1)
         if out["bf16_merged_sdpa_compile"]["images_per_s"] >= out[best]["images_per_s"]:
-            best = "bf16_merged_sdpa_compile"
+            best, merged = "bf16_merged_sdpa_compile", compiled
+        else:
+            del compiled
     return out, (merged, best)
 
 
@@ -324,75 +294,49 @@ class _stack:
 
 # ------------------------------------------------------------------------------------------------------ e2e
 def run_e2e(args, arch, device, fast_model, official_factory) -> dict:
-    size = arch["vision"]["image_size"]
+    from hysac.fast import optimize_for_gpu, pixel_batches
+
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="hysac-bench-gpu-") as tmp:
         jpeg_size = (64, 48) if args.tiny else (640, 480)
         distinct = make_jpegs(Path(tmp), min(args.jpegs, args.jpeg_distinct), jpeg_size)
         paths = [distinct[i % len(distinct)] for i in range(args.jpegs)]
-        mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-        pin = device.type == "cuda"
-        workers = args.workers
-
-        def loader(ds, n_workers, pin_memory):
-            kw = dict(batch_size=args.batch, num_workers=n_workers, pin_memory=pin_memory)
-            if n_workers:
-                kw.update(persistent_workers=True, prefetch_factor=4)
-            return torch.utils.data.DataLoader(ds, **kw)
-
-        # loader alone
-        dl = loader(JpegDataset(paths, size, uint8=True), workers, pin)
-        for _ in dl:  # warm-up: worker start, page cache
-            pass
-        t = time.perf_counter()
-        n = sum(int(b.shape[0]) for b in dl)
-        out["loader_only"] = {"images_per_s": round(n / (time.perf_counter() - t), 2), "workers": workers,
-                              "pin_memory": pin}
-        log(f"  loader only ({workers} workers): {out['loader_only']['images_per_s']} images/s")
-
-        # fast: workers + pinned uint8 + GPU normalisation + fastest model
         model, best = fast_model
-        bb = model.backbone
+        spec = model.backbone.pixel_spec()
+        pin = device.type == "cuda"
 
-        def fast_pass() -> int:
-            count = 0
-            with torch.inference_mode():
-                for b in dl:
-                    x = b.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
-                    feats = bb.image_features(x)
-                    model.lift_image(feats.float())
-                    count += int(b.shape[0])
-            sync(device)
-            return count
-
-        fast_pass()
+        # loader alone: decode + resize + crop in workers, pinned uint8, copy and normalise on the device
+        for _ in pixel_batches(paths[: args.batch * 2], spec, device=device, batch_size=args.batch,
+                               workers=args.workers):
+            pass  # warm-up: page cache
+        sync(device)
         t = time.perf_counter()
-        n = fast_pass()
-        out["fast"] = {"images_per_s": round(n / (time.perf_counter() - t), 2), "workers": workers,
-                       "pin_memory": pin, "model": best, "images": n}
-        log(f"  e2e fast: {out['fast']['images_per_s']} images/s")
-        del dl
+        n = sum(int(px.shape[0]) for _, px in pixel_batches(paths, spec, device=device, batch_size=args.batch,
+                                                               workers=args.workers, dtype=torch.bfloat16))
+        sync(device)
+        out["loader_only"] = {"images_per_s": round(n / (time.perf_counter() - t), 2), "workers": args.workers,
+                              "pin_memory": pin}
+        log(f"  loader only ({args.workers} workers): {out['loader_only']['images_per_s']} images/s")
 
-        # official: main-process decoding + CPU normalisation, fp32 eager model
+        # fast: the encode_image installed by optimize_for_gpu (patch_encode=True) on the fastest variant
+        optimize_for_gpu(model, device=device, merge_lora=False, precision="bf16", attention="keep",
+                         workers=args.workers, image_batch_size=args.batch)
+        model.encode_image(paths[: args.batch])  # warm-up (and compile, if any, for this shape)
+        sync(device)
+        t = time.perf_counter()
+        x = model.encode_image(paths)
+        out["fast"] = {"images_per_s": round(len(paths) / (time.perf_counter() - t), 2), "workers": args.workers,
+                       "pin_memory": pin, "model": best, "images": int(x.shape[0])}
+        log(f"  e2e fast: {out['fast']['images_per_s']} images/s")
+
+        # official: the plain encode_image (main-process decoding + HF processor) on the fp32 eager model
         n_off = min(len(paths), args.official_jpegs)
         off_model = official_factory()
-        dl0 = loader(JpegDataset(paths[:n_off], size, uint8=False), 0, False)
-
-        def official_pass() -> int:
-            count = 0
-            with torch.no_grad():
-                for b in dl0:
-                    feats = off_model.backbone.image_features(b.to(device))
-                    off_model.lift_image(feats.float())
-                    count += int(b.shape[0])
-            sync(device)
-            return count
-
+        off_model.encode_image(paths[:4])
         t = time.perf_counter()
-        n = official_pass()
-        out["official"] = {"images_per_s": round(n / (time.perf_counter() - t), 2), "workers": 0,
-                           "pin_memory": False, "model": "official", "images": n}
+        x = off_model.encode_image(paths[:n_off], batch_size=args.batch)
+        out["official"] = {"images_per_s": round(n_off / (time.perf_counter() - t), 2), "workers": 0,
+                           "pin_memory": False, "model": "official", "images": int(x.shape[0])}
         log(f"  e2e official: {out['official']['images_per_s']} images/s")
         del off_model
     return out
@@ -409,10 +353,17 @@ def run_training(args, arch, device) -> dict:
     steps = max(args.train_steps, args.curve_steps)
     loss_fn = HySACLoss()
     out: dict = {}
-    for name in ("official", "fast"):
-        log(f"training: {name}")
+    setups = [("official", B, pool, steps), ("fast", B, pool, steps)]
+    if args.fast_train_batch and args.fast_train_batch != B:
+        big = args.fast_train_batch
+        big_pool = [(random_pixels(2 * big, size, device, seed=300 + k), *random_tokens(2 * big, arch, device,
+                                                                                        seed=400 + k))
+                    for k in range(2)]
+        setups.append(("fast_large", big, big_pool, args.train_warmup + args.train_steps))
+    for name, batch, data, n_steps in setups:
+        log(f"training: {name} (batch {batch})")
         try:
-            out[name] = _train_one(name, args, arch, device, pool, steps, loss_fn, B)
+            out[name] = _train_one(name, args, arch, device, data, n_steps, loss_fn, batch)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory in one setup: keep the other
             import traceback
 
@@ -443,16 +394,21 @@ def _train_one(name, args, arch, device, pool, steps, loss_fn, B) -> dict:
         autocast = nullcontext
         anomaly = lambda: torch.autograd.set_detect_anomaly(True)  # noqa: E731
     else:
+        from hysac.train.trainer import apply_perf
+
         try:
             opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.2, fused=True)
             fused = True
         except (RuntimeError, TypeError):  # pragma: no cover - fused AdamW unsupported here
             opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.2)
             fused = False
-        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+        perf = apply_perf(model, {"attention": "sdpa", "compile": args.compile != "off",
+                                  "compile_backend": args.compile_backend, "compile_mode": args.compile_mode,
+                                  "grad_checkpointing": args.grad_ckpt or False})
+        ck = bool(perf["applied"]["grad_checkpointing"])
+        # as in the trainer: no autocast weight-cast cache under activation checkpointing
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not ck)  # noqa: E731
         anomaly = nullcontext
-        if args.compile != "off":
-            compile_towers(model, args.compile_backend, args.compile_mode)
     bb = model.backbone
 
     def step(k: int) -> float:
@@ -485,9 +441,11 @@ def _train_one(name, args, arch, device, pool, steps, loss_fn, B) -> dict:
     res = {"quadruplets_per_s": round(B / med, 2), "step_s_median": round(med, 5),
            "first_step_s": round(first, 2), "losses": [round(x, 6) for x in losses],
            "trainable_params": n_train, "peak_mem_gb": peak_gb(device),
+           "batch": B,
            "setup": ("fp32, eager attention, anomaly detection, AdamW (for-each)" if name == "official" else
-                     f"bf16 autocast, SDPA, AdamW(fused={fused}), torch.compile="
-                     f"{args.compile if args.compile == 'off' else args.compile_backend}")}
+                     f"apply_perf: bf16 autocast, SDPA, AdamW(fused={fused}), torch.compile="
+                     f"{args.compile if args.compile == 'off' else args.compile_backend}, activation checkpointing="
+                     f"{args.grad_ckpt or 'off'}, batch {B}")}
     log(f"  {res['quadruplets_per_s']} quadruplets/s, losses {res['losses'][:3]} ...")
     del model, opt
     return res
@@ -507,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-steps", type=int, default=None, help="steps of the loss-curve comparison")
     ap.add_argument("--curve-rtol", type=float, default=0.05, help="max relative loss difference per step")
     ap.add_argument("--train-pool", type=int, default=4, help="distinct batches cycled during training")
+    ap.add_argument("--fast-train-batch", type=int, default=None,
+                    help="also time the fast step at this batch (default 128; tiny 8; 0: skip)")
+    ap.add_argument("--grad-ckpt", type=int, default=None,
+                    help="activation checkpointing in the fast step: every N-th layer (default off)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--jpegs", type=int, default=None, help="images in the end-to-end pass (default 2048)")
     ap.add_argument("--jpeg-distinct", type=int, default=256, help="distinct JPEG files (the rest repeat them)")
@@ -526,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     args.iters = args.iters or d(10, 2)
     args.warmup = args.warmup if args.warmup is not None else d(3, 1)
     args.train_batch = args.train_batch or d(32, 4)
+    args.fast_train_batch = args.fast_train_batch if args.fast_train_batch is not None else d(128, 8)
     args.train_steps = args.train_steps or d(10, 2)
     args.train_warmup = args.train_warmup if args.train_warmup is not None else d(3, 1)
     args.curve_steps = args.curve_steps or d(30, 3)
@@ -576,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if "fast" in train and "official" in train:
         results["speedup"]["train"] = round(train["fast"]["quadruplets_per_s"]
                                             / train["official"]["quadruplets_per_s"], 2)
+        if "quadruplets_per_s" in train.get("fast_large", {}):
+            results["speedup"]["train_large_batch"] = round(train["fast_large"]["quadruplets_per_s"]
+                                                            / train["official"]["quadruplets_per_s"], 2)
     checks = [c["passed"] for v in inf.values() for c in v.get("checks", {}).values()]
     results["checks"] = {"cos_min_required": COS_MIN, "dist_rtol": DIST_RTOL, "inference_passed": all(checks),
                          "loss_curve_passed": train.get("loss_curve", {}).get("passed"),
@@ -668,7 +634,8 @@ def render_md(r: dict) -> str:
                   "| setup | quadruplets/s | step s | first step s | peak mem GiB |", "|---|---:|---:|---:|---:|",
                   *(f"| {k}: {t[k]['setup']} | {t[k]['quadruplets_per_s']:.2f} | {t[k]['step_s_median']:.4f} | "
                     f"{t[k]['first_step_s']} | {t[k]['peak_mem_gb']} |" if "error" not in t[k] else
-                    f"| {k}: FAILED `{t[k]['error']}` | | | | |" for k in ("official", "fast")), ""]
+                    f"| {k}: FAILED `{t[k]['error']}` | | | | |"
+                    for k in ("official", "fast", "fast_large") if k in t), ""]
         if "error" not in lc:
             lines += [f"Loss curves ({lc['steps']} steps, same init and batches, LoRA dropout 0): official "
                       f"{lc['official_first_last'][0]:.4f} → {lc['official_first_last'][1]:.4f}, fast "

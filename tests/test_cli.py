@@ -78,3 +78,34 @@ def test_bad_input_one_line_exit_2(args, message):
 def test_models_lists_registry():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "hysac-mini" in res.stdout and "aimagelab/HySAC" in res.stdout
+
+
+def test_fast_flag_on_classify_index_build_and_service(model_dir, tmp_path):
+    """``--fast`` (hysac.fast.optimize: the CPU path here) gives the plain path's scores from every entry point."""
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from hysac.service.app import create_app
+
+    texts = ["a cat on a mat", "blood everywhere", "a weapon in the park"]
+    plain = runner.invoke(app, ["classify", "--model", str(model_dir), "--json", *sum((["-t", t] for t in texts), [])])
+    quick = runner.invoke(app, ["classify", "--model", str(model_dir), "--json", "--fast",
+                                *sum((["-t", t] for t in texts), [])])
+    assert plain.exit_code == quick.exit_code == 0, quick.output
+    a = [json.loads(x)["score"] for x in plain.stdout.splitlines()]
+    b = [json.loads(x)["score"] for x in quick.stdout.splitlines()]
+    assert a == pytest.approx(b, rel=1e-5)
+
+    (tmp_path / "imgs").mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40 + i, 30), colour).save(tmp_path / "imgs" / f"{i}.png")
+    res = runner.invoke(app, ["index", "build", str(tmp_path / "imgs"), "--out", str(tmp_path / "idx"),
+                              "--model", str(model_dir), "--fast", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[-1])["added"] == 3
+
+    with TestClient(create_app(str(model_dir), tmp_path / "idx", fast=True)) as client:
+        health = client.get("/health").json()
+        assert health["model"]["fast_path"]["path"] == "cpu"
+        r = client.post("/classify", json={"texts": texts}).json()
+        assert [x["score"] for x in r["results"]] == pytest.approx(a, rel=1e-5)

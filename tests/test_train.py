@@ -88,3 +88,54 @@ def test_safeclip_objective_runs_and_saves(tmp_path, clip_folder):
     assert "t2i_R@1" in res["val"] and "auroc_text" not in res["val"]
     m = HySAC.from_pretrained(tmp_path / "sc" / "model")
     assert m.encode_text(["x"], project=False).shape[0] == 1
+
+
+def test_fast_training_step_matches_official_style_loss_curve(tmp_path, clip_folder):
+    """bf16 autocast + SDPA + activation checkpointing + compiled towers follow the fp32 eager (anomaly detection
+    on) loss curve step by step; same init, batches and (zero) LoRA dropout."""
+    lora = {**TINY_LORA, "lora_dropout": 0.0}
+
+    def run(out, **over):
+        cfg = _cfg(tmp_path, clip_folder, out, max_steps=4, **over)
+        cfg["backbone"]["lora"] = lora
+        run_training(cfg)
+        log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in log if "loss" in r]
+
+    official = run(tmp_path / "official", amp="off", **{"perf.attention": "eager", "perf.detect_anomaly": "true"})
+    fast = run(tmp_path / "fast", amp="bf16", **{"perf.attention": "sdpa", "perf.grad_checkpointing": "true",
+                                                 "perf.compile": "true", "perf.compile_backend": "eager"})
+    assert len(official) == len(fast) == 4
+    rel = [abs(a - b) / abs(a) for a, b in zip(official, fast)]
+    assert max(rel) < 0.05, (official, fast)
+    assert official != fast  # bf16 really ran
+
+
+def test_apply_perf_switches_attention_checkpointing_and_compiles(clip_folder):
+    from hysac.backbones.clip import ClipBackbone
+    from hysac.train.trainer import apply_perf
+
+    bb = ClipBackbone.from_hub_or_folder(clip_folder, lora=TINY_LORA)
+    for n, p in bb.named_parameters():
+        p.requires_grad_("lora_" in n)
+    m = HySAC(bb)
+    keys = set(m.checkpoint_state_dict())
+    done = apply_perf(m, {"attention": "eager", "grad_checkpointing": True, "compile": True,
+                          "compile_backend": "eager"})["applied"]
+    assert done["attention"] == ["eager", "eager"]
+    assert sorted(done["grad_checkpointing"]) == ["textual", "visual"] == sorted(done["compiled"])
+    vis = bb._base(bb.visual)
+    assert vis.config._attn_implementation == "eager" and vis.vision_model.encoder.gradient_checkpointing
+    assert set(m.checkpoint_state_dict()) == keys  # in-place compile keeps checkpoint keys
+    px = torch.randn(2, 3, 28, 28)
+    m.lift_image(bb.image_features(px)).sum().backward()  # checkpointed, compiled towers still train
+    assert any(p.grad is not None for n, p in bb.named_parameters() if "lora_" in n)
+
+
+def test_perf_config_errors():
+    with pytest.raises(InputError, match="perf.attention"):
+        load_config(None, ["perf.attention=fast"])
+    with pytest.raises(InputError, match="unknown perf"):
+        load_config(None, ["perf.turbo=true"])
+    with pytest.raises(InputError, match="perf.compile"):
+        load_config(None, ["perf.compile=maybe"])

@@ -73,7 +73,8 @@ def classify(
     model: Optional[str] = ModelOpt,
     threshold: Optional[float] = typer.Option(None, help="Decision threshold on the score (default: the model's)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input, in input order."),
-    fast: bool = typer.Option(False, "--fast", help="CPU fast path for the offline model (hysac.fast; same scores)."),
+    fast: bool = typer.Option(False, "--fast", help="Fast inference path (hysac.fast: GPU when CUDA is available, "
+                                                    "else CPU; same scores to float/bf16 tolerance)."),
 ) -> None:
     """Score texts and images: distance from the origin (higher = more unsafe), unsafe flag, categories."""
     from .classify import classify_images, classify_texts, read_text_lines
@@ -87,9 +88,9 @@ def classify(
         _fail("nothing to classify: give --text, --text-file or --image")
     m = _load(model)
     if fast:
-        from .fast import optimize_for_cpu
+        from .fast import optimize
 
-        optimize_for_cpu(m)
+        optimize(m)
     results = (classify_texts(m, items, threshold) if items else []) + (
         classify_images(m, paths, threshold) if paths else [])
     if json_out:

@@ -1,12 +1,16 @@
-"""Image input: open files, convert any PIL mode to 8-bit RGB, and fail with errors that name the file."""
+"""Image input: open files, convert any PIL mode to 8-bit RGB, fail with errors that name the file, and describe a
+backbone's pixel preprocessing (:class:`PixelSpec`) so that it can run in two halves: resize/crop to ``uint8`` on
+the CPU (worker processes) and normalisation wherever the tower runs."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
@@ -110,3 +114,78 @@ def expand_image_paths(paths: Iterable[ImageLike]) -> list[Path]:
 def load_images(srcs: Sequence[ImageLike]) -> list[Image.Image]:
     """Load every image in ``srcs`` (see :func:`load_image`)."""
     return [load_image(s) for s in srcs]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pixel preprocessing in two halves
+# ---------------------------------------------------------------------------------------------------------------
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """A backbone's image preprocessing: shorter side → ``size`` (the longer side scaled and truncated, as
+    torchvision's ``Resize(int)`` and Hugging Face's CLIP processor do), centre crop ``crop`` = (height, width),
+    then ``(pixel - mean) / std`` per channel on the 0..255 scale.
+
+    Split in two halves so that the expensive, CPU-only half (decode, resize, crop: :meth:`to_uint8`) can run in
+    loader worker processes and travel as compact ``uint8`` (a quarter of the float32 bytes, good for pinned
+    host-to-GPU copies), while :meth:`normalize` runs on the tower's device and dtype. Small, frozen and picklable.
+
+    ``crop_offset`` picks how an odd crop margin is split: ``"floor"`` (``(n - crop) // 2``: Hugging Face,
+    torchvision) or ``"round"`` (``round((n - crop) / 2)``, half to even: the mini backbone's convention).
+    """
+
+    size: int
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: str = "bicubic"
+    crop_offset: str = "floor"
+
+    def __post_init__(self) -> None:
+        if self.resample not in _RESAMPLE:
+            raise InputError(f"PixelSpec.resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+        if self.crop_offset not in ("floor", "round"):
+            raise InputError(f"PixelSpec.crop_offset must be 'floor' or 'round', got {self.crop_offset!r}")
+        if int(self.size) < 1 or min(self.crop) < 1 or len(self.mean) != 3 or len(self.std) != 3:
+            raise InputError(f"invalid PixelSpec {self}")
+
+    def resize_crop(self, image: Image.Image) -> Image.Image:
+        """RGB PIL image → resized and centre-cropped PIL image of ``crop`` size."""
+        w, h = image.size
+        if w <= 0 or h <= 0:
+            raise InputError(f"image has an empty size {w}x{h}")
+        s = int(self.size)
+        nw, nh = (s, max(s, int(s * h / w))) if w <= h else (max(s, int(s * w / h)), s)
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), _RESAMPLE[self.resample])
+        ch, cw = self.crop
+        if self.crop_offset == "floor":
+            left, top = (nw - cw) // 2, (nh - ch) // 2
+        else:
+            left, top = int(round((nw - cw) / 2.0)), int(round((nh - ch) / 2.0))
+        if (left, top, nw, nh) != (0, 0, cw, ch):
+            image = image.crop((left, top, left + cw, top + ch))
+        return image
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """Any PIL image → (3, crop_h, crop_w) ``uint8`` tensor (RGB via :func:`to_rgb`, resized, cropped)."""
+        arr = np.asarray(self.resize_crop(to_rgb(image)), dtype=np.uint8)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+    def normalize(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B,3,H,W) ``uint8`` (any device) → (B,3,H,W) normalised pixels in ``dtype``; the arithmetic is fp32."""
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise InputError(f"pixel batch must have shape (B,3,H,W), got {tuple(pixels.shape)}")
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        return ((pixels.float() - mean) / std).to(dtype)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Both halves on the CPU: PIL images → (B,3,H,W) float32."""
+        if not images:
+            return torch.zeros(0, 3, *self.crop)
+        return self.normalize(torch.stack([self.to_uint8(im) for im in images]))

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from . import lorentz as L
 from . import safety as S
 from .backbones import Backbone, build_backbone
+from .backbones.base import check_texts
 from .backbones.clip import DEFAULT_CLIP, ClipBackbone, check_state_dict_compatible
 from .checkpoint import (CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, RELEASED_BOUNDS, RELEASED_WEIGHTS,
                          WEIGHTS_NAME, convert_released_state_dict, is_our_format, mismatch_report, is_released_format,
@@ -153,12 +154,7 @@ class HySAC(nn.Module):
             loader = ({"input_ids": texts[i:i + batch_size]} for i in range(0, texts.shape[0], batch_size))
             n = texts.shape[0]
         else:
-            if isinstance(texts, str):
-                texts = [texts]
-            items = list(texts)
-            for i, t in enumerate(items):
-                if not isinstance(t, str):
-                    raise InputError(f"text #{i} is {type(t).__name__}, not a string")
+            items = check_texts(texts)
             n = len(items)
             loader = (self.backbone.tokenize(items[i:i + batch_size]) for i in range(0, n, batch_size))
         return self._encode(loader, n, lambda tok: self.backbone.text_features(

@@ -76,7 +76,6 @@ def make_released_checkpoint(out_dir: str | Path, clip_folder: str | Path, *, lo
                              seed: int = 1, curv: float = 0.37, bounds: dict | None = None) -> Path:
     """Write ``hysac_model.pth`` and ``hysac_bounds.json`` in the released layout for the towers in
     ``clip_folder`` with random non-zero LoRA adapters and scalars."""
-    from peft import LoraConfig, get_peft_model
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     lora = dict(lora or TINY_LORA)
@@ -84,15 +83,12 @@ def make_released_checkpoint(out_dir: str | Path, clip_folder: str | Path, *, lo
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
-    from .backbones.clip import _quiet_transformers
+    from .backbones.clip import _quiet_transformers, apply_lora
 
     for prefix, cls in (("visual", CLIPVisionModelWithProjection), ("textual", CLIPTextModelWithProjection)):
         with _quiet_transformers():
             tower = cls.from_pretrained(clip_folder, local_files_only=True)
-        names = {n.rsplit(".", 1)[-1] for n, _ in tower.named_modules()}
-        peft_cfg = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
-                              target_modules=[t for t in lora["target_modules"] if t in names], bias="none")
-        wrapped = get_peft_model(tower, peft_cfg)
+        wrapped = apply_lora(tower, lora)
         for k, v in wrapped.state_dict().items():
             if "lora_" in k:  # non-zero A and B so the adapters matter
                 v = torch.randn(v.shape, generator=g) * 0.2

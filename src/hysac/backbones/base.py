@@ -8,11 +8,28 @@ preprocessing (image transform, tokenizer), so the model never needs to know whi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..images import PixelSpec
+
+
+def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """One string or a sequence of strings → a list of strings; anything else → :class:`InputError` naming the
+    offending item."""
+    from ..errors import InputError
+
+    if isinstance(texts, str):
+        return [texts]
+    items = list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise InputError(f"text #{i} is {type(t).__name__}, not a string")
+    return items
 
 
 class Backbone(nn.Module, ABC):
@@ -46,6 +63,20 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description from which the registry rebuilds this backbone (``kind`` included)."""
+
+    def pixel_spec(self) -> "PixelSpec | None":
+        """The image preprocessing as a :class:`~hysac.images.PixelSpec` (so it can run in loader workers as
+        ``uint8`` and be normalised on the device), or ``None`` when :meth:`preprocess_images` cannot be split."""
+        return None
+
+    def towers(self) -> dict[str, nn.Module]:
+        """The large pretrained towers by attribute name (what the fast paths cast, compile or checkpoint)."""
+        return {}
+
+    def cast_towers(self, dtype: torch.dtype) -> bool:
+        """Cast the tower weights to ``dtype`` for inference if the backbone's feature code accepts that (returns
+        True), else leave them and return False (callers then use autocast instead)."""
+        return False
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Tensors that a checkpoint of a model on this backbone must store (default: all of them)."""

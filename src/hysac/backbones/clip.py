@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, InputError
+from ..images import PixelSpec
 from . import register_backbone
 from .base import Backbone
 
@@ -29,6 +31,8 @@ PAPER_LORA = {
     "bias": "none",
 }
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+#: PIL resampling filters by the names :class:`~hysac.images.PixelSpec` uses (HF processors store the PIL ids)
+_PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 
 
 def _is_local(name_or_path: str | os.PathLike) -> bool:
@@ -53,6 +57,14 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft asks transformers >= 5 a deprecated question (``is_gradient_checkpointing``) when it wraps or unloads."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def apply_lora(tower: nn.Module, lora: dict[str, Any]) -> nn.Module:
     """Wrap a tower with peft LoRA (targets that the tower lacks, e.g. ``patch_embedding`` on text, are skipped)."""
     from peft import LoraConfig, get_peft_model
@@ -66,7 +78,8 @@ def apply_lora(tower: nn.Module, lora: dict[str, Any]) -> nn.Module:
         target_modules=targets,
         bias=lora.get("bias", "none"),
     )
-    return get_peft_model(tower, cfg)
+    with _quiet_peft():
+        return get_peft_model(tower, cfg)
 
 
 @register_backbone("clip")
@@ -165,13 +178,37 @@ class ClipBackbone(Backbone):
         """Fold LoRA into the base weights (``W += (alpha/r)·B·A``) and drop the adapters (faster inference)."""
         if self.lora is None:
             return
-        self.visual = self.visual.merge_and_unload()
-        self.textual = self.textual.merge_and_unload()
+        with _quiet_peft():
+            self.visual = self.visual.merge_and_unload()
+            self.textual = self.textual.merge_and_unload()
         self.lora = None
 
     # ---------------------------------------------------------------------------------------------- interface
     def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def pixel_spec(self) -> PixelSpec | None:
+        """The CLIP image processor's geometry and normalisation (shortest-edge resize, centre crop, mean/std), or
+        None for a processor configuration this split does not reproduce."""
+        p = self.image_processor
+        size = getattr(p, "size", None) or {}
+        crop = getattr(p, "crop_size", None) or {}
+        resample = {int(v): k for k, v in _PIL_RESAMPLE.items()}.get(int(getattr(p, "resample", 3)))
+        if ("shortest_edge" not in size or not getattr(p, "do_center_crop", True) or "height" not in crop
+                or not getattr(p, "do_resize", True) or not getattr(p, "do_normalize", True) or resample is None
+                or not getattr(p, "do_rescale", True) or abs(float(getattr(p, "rescale_factor", 1 / 255)) * 255 - 1) > 1e-6):
+            return None
+        return PixelSpec(size=int(size["shortest_edge"]), crop=(int(crop["height"]), int(crop["width"])),
+                         mean=tuple(float(m) * 255.0 for m in p.image_mean),
+                         std=tuple(float(s) * 255.0 for s in p.image_std), resample=resample, crop_offset="floor")
+
+    def towers(self) -> dict[str, nn.Module]:
+        return {"visual": self.visual, "textual": self.textual}
+
+    def cast_towers(self, dtype: torch.dtype) -> bool:
+        self.visual.to(dtype)
+        self.textual.to(dtype)
+        return True
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,

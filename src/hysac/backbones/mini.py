@@ -27,6 +27,7 @@ convention (``mean = 127/255 ≈ 0.498``, ``std = 128/255 ≈ 0.502`` on [0,1] p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import namedtuple
 from pathlib import Path
@@ -38,9 +39,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, InputError
-from ..images import to_rgb
+from ..images import PixelSpec, to_rgb
 from . import register_backbone
-from .base import Backbone
+from .base import Backbone, check_texts
 
 TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
 IMAGE_MODEL_NAME = "efficientnet-lite0"
@@ -139,30 +140,16 @@ def _load_image_tower(path: Path) -> nn.Module:
 # image preprocessing (PIL + numpy; no torchvision)
 # ---------------------------------------------------------------------------------------------------------------
 
+#: the mini image preprocessing as a :class:`~hysac.images.PixelSpec` (resize/crop and normalisation in two halves)
+PIXEL_SPEC = PixelSpec(size=IMAGE_SIZE, crop=(IMAGE_SIZE, IMAGE_SIZE), mean=(PIXEL_MEAN_255,) * 3,
+                       std=(PIXEL_STD_255,) * 3, resample="bicubic", crop_offset="round")
+
+
 def resize_center_crop(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     """Shorter side → ``size`` (bicubic, the longer side scaled proportionally and truncated like torchvision's
     ``Resize(int)``), then a centred ``size`` x ``size`` crop."""
-    w, h = image.size
-    if w <= 0 or h <= 0:
-        raise InputError(f"image has an empty size {w}x{h}")
-    if w <= h:
-        nw, nh = size, max(size, int(size * h / w))
-    else:
-        nw, nh = max(size, int(size * w / h)), size
-    if (nw, nh) != (w, h):
-        image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
-    if (left, top, nw, nh) != (0, 0, size, size):
-        image = image.crop((left, top, left + size, top + size))
-    return image
-
-
-def pil_to_pixels(image: Image.Image) -> np.ndarray:
-    """Prepared 224x224 RGB image → float32 (3,H,W) array, ``(x - 127) / 128``."""
-    arr = np.asarray(image, dtype=np.float32)
-    arr = (arr - PIXEL_MEAN_255) / PIXEL_STD_255
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    spec = PIXEL_SPEC if size == IMAGE_SIZE else dataclasses.replace(PIXEL_SPEC, size=size, crop=(size, size))
+    return spec.resize_crop(image)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,18 +390,16 @@ class MiniBackbone(Backbone):
     def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
         if isinstance(images, Image.Image):
             images = [images]
-        arrays = [pil_to_pixels(resize_center_crop(to_rgb(img), IMAGE_SIZE)) for img in images]
-        if not arrays:
-            return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
-        return torch.from_numpy(np.stack(arrays))
+        return PIXEL_SPEC.preprocess(list(images))
+
+    def pixel_spec(self) -> PixelSpec:
+        return PIXEL_SPEC
+
+    def towers(self) -> dict[str, nn.Module]:
+        return {"text_model": self.text_model, "image_model": self.image_model}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"text #{i} is a {type(t).__name__}, expected str")
+        texts = check_texts(texts)
         if not texts:
             empty = torch.zeros(0, 0, dtype=torch.long)
             return {"input_ids": empty, "attention_mask": empty.clone()}
@@ -433,12 +418,7 @@ class MiniBackbone(Backbone):
         ``batches`` yields token dicts for ``texts[order[0:batch_size]]``, ``texts[order[batch_size:2*batch_size]]``,
         ... each exactly what :meth:`tokenize` returns for that group (padded to the group's longest text), so a
         batch holds texts of about the same length and little padding is computed."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"text #{i} is a {type(t).__name__}, expected str")
+        texts = check_texts(texts)
         batch_size = _as_int("batch_size", batch_size, 1)
         if not texts:
             return [], iter(())
@@ -625,7 +605,6 @@ __all__ = [
     "image_weights_path",
     "make_heads",
     "mean_pool",
-    "pil_to_pixels",
     "resize_center_crop",
     "text_model_path",
     "to_rgb",

@@ -43,19 +43,23 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _load_model(name: str | None) -> Any:
+def _load_model(name: str | None, fast: bool = False) -> Any:
     try:
         mod = importlib.import_module("hysac.model")
     except ImportError as e:
         typer.echo(f"error: cannot import hysac.model ({e})", err=True)
         raise typer.Exit(1) from None
-    return mod.load_model(name) if name is not None else mod.load_model()
+    m = mod.load_model(name) if name is not None else mod.load_model()
+    if fast:
+        from ..fast import optimize
+
+        optimize(m)
+    return m
 
 
-def _model_factory(name: str | None):
+def _model_factory(name: str | None, fast: bool = False):
     def factory():
-        mod = importlib.import_module("hysac.model")
-        return mod.load_model(name) if name is not None else mod.load_model()
+        return _load_model(name, fast)
 
     return factory
 
@@ -77,6 +81,9 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="items per com
 ColumnOpt = Annotated[str, typer.Option("--column", help="table column to index: auto, text or image")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the report as JSON")]
+FastOpt = Annotated[bool, typer.Option(
+    "--fast", help="fast inference path (hysac.fast: GPU when CUDA is available, else CPU; same embeddings to "
+                   "float/bf16 tolerance)")]
 
 
 @index_app.command("build")
@@ -95,6 +102,7 @@ def build_command(
     ray_concurrency: Annotated[int, typer.Option("--ray-concurrency", help="Ray model actors")] = 1,
     progress: ProgressOpt = True,
     json_out: JsonOpt = False,
+    fast: FastOpt = False,
 ) -> None:
     """Index SRC into a new directory OUT (rerun the same command to resume an interrupted build)."""
     from .ann import AnnConfig
@@ -109,11 +117,11 @@ def build_command(
         open_source(src, column=column)  # validate SRC before loading the model
         if IndexStore.exists(out) and model is None:
             model = IndexStore.read_info(out).get("model_source")
-        m = _load_model(model)
+        m = _load_model(model, fast)
         report = build_index(
             src, out, m, batch_size=batch_size, engine=engine, ann=ann_cfg, column=column, progress=progress,
             model_source=model if model is not None else None,
-            model_factory=_model_factory(model) if engine == "ray" else None,
+            model_factory=_model_factory(model, fast) if engine == "ray" else None,
             ray_options={"concurrency": ray_concurrency} if engine == "ray" else None,
         )
         _print_report(report, json_out)
@@ -130,6 +138,7 @@ def add_command(
     ray_concurrency: Annotated[int, typer.Option("--ray-concurrency", help="Ray model actors")] = 1,
     progress: ProgressOpt = True,
     json_out: JsonOpt = False,
+    fast: FastOpt = False,
 ) -> None:
     """Append SRC to an existing index (refuses a model other than the index's)."""
     from .reader import open_source
@@ -141,10 +150,10 @@ def add_command(
         info = IndexStore.read_info(index)
         open_source(src, column=column)
         name = model if model is not None else info.get("model_source") or info["model_id"]
-        m = _load_model(name)
+        m = _load_model(name, fast)
         report = add_to_index(
             src, index, m, batch_size=batch_size, engine=engine, column=column, progress=progress,
-            model_factory=_model_factory(name) if engine == "ray" else None,
+            model_factory=_model_factory(name, fast) if engine == "ray" else None,
             ray_options={"concurrency": ray_concurrency} if engine == "ray" else None,
         )
         _print_report(report, json_out)

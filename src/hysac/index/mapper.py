@@ -110,6 +110,10 @@ class Mapper:
         self.dim = int(model.embed_dim)
         self.text_batch_size = max(1, int(text_batch_size))
         self.image_batch_size = max(1, int(image_batch_size))
+        #: a model on the GPU fast path decodes files in its own loader processes: give it paths, whole batches
+        self.decode_in_model = "_fast_gpu" in getattr(model, "__dict__", {})
+        if self.decode_in_model:
+            self.image_batch_size = max(self.image_batch_size, self.text_batch_size)
         self._thresholds: dict[str, float | None] = {}
 
     def threshold(self, modality: str) -> float | None:
@@ -176,6 +180,19 @@ class Mapper:
         enc = lambda xs: self.model.encode_image(xs, batch_size=self.image_batch_size)  # noqa: E731
         for start in range(0, len(items), self.image_batch_size):
             chunk = items[start : start + self.image_batch_size]
+            if self.decode_in_model:
+                named = [it for it in chunk if it.content]
+                try:
+                    emb = _to_numpy(enc([it.content for it in named])) if named else None
+                except InputError:
+                    pass  # a bad file: decode here, item by item, so that each failure is named and staged
+                else:
+                    errors += [ItemError(it.key, it.modality, it.content, "empty image path", "read")
+                               for it in chunk if not it.content]
+                    if emb is not None:
+                        out_items += named
+                        embs.append(emb)
+                    continue
             ok, images = [], []
             for it in chunk:
                 if not it.content:

@@ -298,17 +298,23 @@ _ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 # ----------------------------------------------------------------------------------------------- the factory
 def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_upload_bytes: int = 8 * MB,
                max_batch: int = 256, max_k: int = 100, max_text_chars: int = 10_000,
-               max_image_pixels: int = 25_000_000, max_pending: int = 1024, warmup: bool = True) -> FastAPI:
+               max_image_pixels: int = 25_000_000, max_pending: int = 1024, warmup: bool = True,
+               fast: bool = False) -> FastAPI:
     """Build the service.
 
     ``model``: a loaded :class:`~hysac.model.HySAC`, a name/folder for :func:`~hysac.model.load_model`, or None
     (the model recorded in the index, else the shipped default). ``index_dir``: an index built with that model
     (optional; without it ``/search`` answers 503 and ``/traverse`` shows no items). ``max_upload_bytes``: the
     largest request body (JSON, or all multipart parts together). ``max_batch``: most inputs per ``/classify``.
+    ``fast``: put the model on :func:`hysac.fast.optimize` (GPU when CUDA is available, else the CPU fast path).
     Raises :class:`~hysac.errors.HySACError` for a model/index that cannot be served (no bounds, mismatch).
     """
     index_path = Path(index_dir) if index_dir is not None else None
     m = _load(model, index_path)
+    if fast:
+        from ..fast import optimize
+
+        optimize(m)
     if getattr(m, "bounds", None) is None:
         raise InputError("the service needs a model with safety bounds (hysac_bounds.json); this one has none")
     searcher = None
@@ -347,6 +353,9 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
     )
     app.state.engine = engine
     app.state.limits = limits
+    from ..fast import describe
+
+    app.state.fast = describe(m)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
 
     # ------------------------------------------------------------------------------------- error handlers
@@ -531,7 +540,8 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         return {"status": "ok",
                 "model": {"id": m.model_id, "name": getattr(m, "name", None), "curvature": m.curvature,
                           "embed_dim": int(m.embed_dim), "thresholds": thresholds,
-                          "categories": m.category_head is not None},
+                          "categories": m.category_head is not None, "device": str(m.device),
+                          "fast_path": app.state.fast},
                 "index": index, "modes": ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"],
                 "limits": limits, "pending": engine.pending}
 

@@ -28,6 +28,8 @@ def serve_command(
                                       "often faster for small models on a busy machine)."),
     keep_alive: int = typer.Option(30, "--keep-alive", help="Seconds an idle keep-alive connection stays open."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
+    fast: bool = typer.Option(False, "--fast", help="Fast inference path (hysac.fast: GPU when CUDA is available, "
+                                                    "else CPU; same scores to float/bf16 tolerance)."),
 ) -> None:
     """Serve the HTTP API (/classify, /search, /traverse, /health, docs at /docs) and the web page at /."""
     import uvicorn
@@ -47,9 +49,10 @@ def serve_command(
 
         torch.set_num_threads(torch_threads)
     app = create_app(model, index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch,
-                     max_k=max_k)
+                     max_k=max_k, fast=fast)
     where = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
     typer.echo(f"hysac serve: model {app.state.engine.model.model_id}"
+               + (f" (fast path: {app.state.fast['path']})" if app.state.fast else "")
                + (f", index {index}" if index is not None else ", no index")
                + f" — open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (listening on {where})",
                err=True)

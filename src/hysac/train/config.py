@@ -56,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 50, "epochs": 20, "grad_accum": 1, "clip_grad": 1.0,
     },
     "amp": "auto",  # "auto" (bf16 on GPU), "bf16", "off"
+    # speed knobs of the training step (see hysac.train.trainer.apply_perf); the geometry always stays fp32
+    "perf": {
+        "attention": "sdpa",  # towers' attention: "sdpa", "eager" (the official code's), "flash_attention_2", "keep"
+        "compile": False,  # nn.Module.compile on each tower (in place: checkpoint keys do not change)
+        "compile_mode": None,  # e.g. "max-autotune-no-cudagraphs"
+        "compile_backend": "inductor",
+        "grad_checkpointing": False,  # activation checkpointing in trainable towers: true, or N = every N-th layer
+        "detect_anomaly": False,  # autograd anomaly detection (very slow; the official code leaves it on)
+        "fused_adamw": "auto",  # "auto": fused AdamW kernels on CUDA; true / false to force
+    },
     "device": "auto",
     "cache_features": True,  # frozen towers: encode the pools once and train the heads on the cache
     "checkpoint_every": 50,  # optimizer steps
@@ -126,6 +136,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = apply_overrides(cfg, overrides or [])
     if cfg["objective"] not in ("hysac", "safeclip"):
         raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
+    perf = cfg.get("perf") or {}
+    unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
+    if unknown:
+        raise InputError(f"unknown perf setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS['perf'])}")
+    if perf.get("attention") not in ("sdpa", "eager", "flash_attention_2", "keep"):
+        raise InputError(f"perf.attention must be sdpa, eager, flash_attention_2 or keep, got {perf.get('attention')!r}")
+    if perf.get("fused_adamw") not in ("auto", True, False):
+        raise InputError(f"perf.fused_adamw must be auto, true or false, got {perf.get('fused_adamw')!r}")
+    for key in ("compile", "detect_anomaly"):
+        if not isinstance(perf.get(key), bool):
+            raise InputError(f"perf.{key} must be true or false, got {perf.get(key)!r}")
+    ck = perf.get("grad_checkpointing")
+    if not isinstance(ck, bool) and not (isinstance(ck, int) and ck >= 1):
+        raise InputError(f"perf.grad_checkpointing must be true, false or a layer interval >= 1, got {ck!r}")
     return cfg
 
 

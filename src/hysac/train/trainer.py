@@ -150,6 +150,56 @@ def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor
     return torch.stack([memo[t] for t in texts]).numpy()
 
 
+# ---------------------------------------------------------------------------------------------- speed knobs
+def apply_perf(model: HySAC, perf: dict[str, Any], log=None) -> dict[str, Any]:
+    """Apply the ``perf`` section of a training config to ``model``'s towers, in place; returns what was done.
+
+    * ``attention``: Hugging Face towers switch to that attention implementation (SDPA by default; "eager" is
+      what the official code runs).
+    * ``grad_checkpointing``: activation checkpointing (non-reentrant) in every Hugging Face tower that has
+      trainable weights (LoRA or unfrozen layers): activations are recomputed in the backward pass, which frees
+      memory for a larger per-device batch. ``true`` checkpoints every layer, an integer N every N-th layer
+      (less recompute where memory is not the limit).
+    * ``compile``: ``nn.Module.compile`` on each tower (``compile_backend``, ``compile_mode``), in place, so
+      checkpoints keep their keys.
+    * ``detect_anomaly`` is read by the training step; ``fused_adamw`` by the optimizer.
+    """
+    from transformers import PreTrainedModel
+
+    from ..fast.gpu import set_attention
+
+    perf = {"attention": "sdpa", "compile": False, "compile_mode": None, "compile_backend": "inductor",
+            "grad_checkpointing": False, "detect_anomaly": False, "fused_adamw": "auto", **(perf or {})}
+    bb = model.backbone
+    done: dict[str, Any] = {"attention": set_attention(bb, perf["attention"]), "grad_checkpointing": [],
+                            "compiled": [], "detect_anomaly": bool(perf["detect_anomaly"])}
+    if perf["grad_checkpointing"]:
+        for name, tower in bb.towers().items():
+            if not any(p.requires_grad for p in tower.parameters()):
+                continue  # frozen: no activations are kept anyway
+            for module in tower.modules():
+                if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+                    every = 1 if perf["grad_checkpointing"] is True else int(perf["grad_checkpointing"])
+                    if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x
+                        module.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
+                    elif every == 1:
+                        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    else:
+                        raise InputError("perf.grad_checkpointing: every-N-layers needs transformers >= 5")
+                    done["grad_checkpointing"].append(name)
+                    break
+    if perf["compile"]:
+        for name, tower in bb.towers().items():
+            kw: dict[str, Any] = {"backend": perf["compile_backend"]}
+            if perf["compile_mode"]:
+                kw["mode"] = perf["compile_mode"]
+            tower.compile(**kw)
+            done["compiled"].append(name)
+    if log is not None and (done["grad_checkpointing"] or done["compiled"] or perf["attention"] != "sdpa"):
+        log(f"perf: {done}")
+    return {**perf, "applied": done}
+
+
 # ---------------------------------------------------------------------------------------------- trainer
 class Trainer:
     def __init__(self, cfg: dict, log=print):
@@ -164,6 +214,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (amp == "bf16" or (amp == "auto" and self.device.type == "cuda")) else None
         self._seed_all(self.seed)
         self.model = self._build_model().to(self.device)
+        self.perf = apply_perf(self.model, cfg.get("perf") or {}, log=self.log if self.rank == 0 else None)
         cache_dir = Path(cfg["data"].get("cache_dir") or os.environ.get("HYSAC_CACHE_DIR")
                          or Path.home() / ".cache" / "hysac") / "features"
         self._text_memo = self._load_text_memo(cache_dir)
@@ -274,7 +325,8 @@ class Trainer:
             # scalars, biases and norm gains take no weight decay
             (no_decay if n in _SCALARS or p.dim() < 2 else decay).append(p)
         kw = {"lr": float(o["lr"]), "betas": tuple(o.get("betas", (0.9, 0.98))), "eps": float(o.get("eps", 1e-8))}
-        if self.device.type == "cuda":
+        fused = (self.cfg.get("perf") or {}).get("fused_adamw", "auto")
+        if fused is True or (fused == "auto" and self.device.type == "cuda"):
             kw["fused"] = True
         return torch.optim.AdamW([{"params": decay, "weight_decay": float(o.get("weight_decay", 0.2))},
                                   {"params": no_decay, "weight_decay": 0.0}], **kw)
@@ -308,7 +360,10 @@ class Trainer:
 
     def _loss(self, batch) -> tuple[Tensor, dict[str, float]]:
         cfg_l = self.cfg["loss"]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        # autocast's weight-cast cache must be off under activation checkpointing: the recomputed forward has to
+        # redo the same casts (else "_to_copy ... not found in storage" from compiled, checkpointed towers)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
+                            cache_enabled=not self.perf["applied"]["grad_checkpointing"]):
             feats, masks = self._embed(batch["rows"])
         if self.cfg["objective"] == "safeclip":
             with torch.no_grad():
@@ -546,8 +601,9 @@ class Trainer:
                 s = self.state["step_in_epoch"]
                 torch.manual_seed(hash((self.seed, ep, s)) % 2**31)  # dropout stream independent of resume point
                 batch_rows = self._assemble(step_rows(self.data, batch, self.seed, ep, s, perm))
-                loss, logs = self._loss(batch_rows)
-                (loss / self.accum).backward()
+                with torch.autograd.set_detect_anomaly(bool(self.perf["detect_anomaly"])):
+                    loss, logs = self._loss(batch_rows)
+                    (loss / self.accum).backward()
                 self.state["step_in_epoch"] += 1
                 bar.update(1)
                 if self.state["step_in_epoch"] % self.accum and self.state["step_in_epoch"] < self.steps_per_epoch:
@@ -561,12 +617,12 @@ class Trainer:
                 self.model.clamp_scalars_()
                 self.state["global_step"] += 1
                 rec = {"step": self.state["global_step"], "epoch": ep, "lr": self.scheduler.get_last_lr()[0],
-                       "loss": float(loss), **logs, "curvature": self.model.curvature,
+                       "loss": float(loss.detach()), **logs, "curvature": self.model.curvature,
                        "visual_alpha": float(self.model.visual_alpha.exp()),
                        "textual_alpha": float(self.model.textual_alpha.exp()),
                        "logit_scale": float(self.model.logit_scale.exp())}
                 self._log_jsonl(rec)
-                bar.set_postfix(loss=f"{float(loss):.4f}", c=f"{self.model.curvature:.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", c=f"{self.model.curvature:.3f}")
                 if ck_every and self.state["global_step"] % ck_every == 0:
                     self.save_checkpoint()
                 if max_steps is not None and self.state["global_step"] >= int(max_steps):

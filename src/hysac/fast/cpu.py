@@ -3,7 +3,7 @@
 What is slow in the plain path, and what this module does about it:
 
 * **Padding** (the largest text lever). ``HySAC.encode_text`` tokenises per chunk in arrival order, so one long
-  I2P prompt makes its whole chunk run at up to 128 tokens while the median text has ~13. :func:`encode_text_fast`
+  I2P prompt makes its whole chunk run at up to 128 tokens while the median text has ~13. :func:`~hysac.fast.text.encode_text_fast`
   tokenises everything once, **sorts by token length**, encodes length-homogeneous batches (dynamic padding) and
   restores the input order. This is the same computation (padding is masked out); only float summation order
   changes (cosine to the plain path > 0.99999).
@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
+from .text import check_batch_size, encode_text_fast, length_sorted_batches, progress_bar
 
 __all__ = [
     "FusedEfficientNetLite",
@@ -73,8 +74,6 @@ __all__ = [
     "TorchTextEngine",
     "cpu_supports_bf16",
     "encode_image_fast",
-    "encode_text_fast",
-    "length_sorted_batches",
     "onnxruntime_available",
     "optimize_for_cpu",
     "restore_cpu_defaults",
@@ -193,6 +192,7 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
         object.__setattr__(model, "encode_image", functools.partial(
             _encode_image_method, model, prefetch=bool(image_prefetch)))
     info["patched_encode"] = bool(patch_encode)
+    model.__dict__.pop("_fast_gpu", None)
     object.__setattr__(model, "_fast_cpu", info)
     return model
 
@@ -225,80 +225,6 @@ def _encode_image_method(model, images, *, project: bool = True, batch_size: int
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# text: length-sorted batches
-# ---------------------------------------------------------------------------------------------------------------
-
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    items = list(texts)
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            raise InputError(f"text #{i} is {type(t).__name__}, not a string")
-    return items
-
-
-def length_sorted_batches(backbone, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
-    """``(order, batches)``: the text indices sorted by token length, and an iterator of token dicts
-    (``input_ids``, ``attention_mask``) covering ``texts[order]`` ``batch_size`` at a time, each padded only to
-    its own longest text.
-
-    Uses ``backbone.length_sorted_batches`` when the backbone has it (the mini backbone tokenises once); any other
-    backbone is tokenised once to measure lengths and again per batch with ``backbone.tokenize``."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
-    own = getattr(backbone, "length_sorted_batches", None)
-    if own is not None:
-        return own(texts, batch_size)
-    texts = list(texts)
-    lengths: list[int] = []
-    for i in range(0, len(texts), 1024):
-        tok = backbone.tokenize(texts[i:i + 1024])
-        lengths.extend(tok["attention_mask"].sum(dim=1).tolist())
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-
-    def gen() -> Iterator[dict]:
-        for s in range(0, len(order), batch_size):
-            yield backbone.tokenize([texts[i] for i in order[s:s + batch_size]])
-
-    return order, gen()
-
-
-def encode_text_fast(model, texts, *, batch_size: int = TEXT_BATCH, project: bool = True,
-                     progress: bool = False) -> Tensor:
-    """``model.encode_text`` with length-sorted, dynamically padded batches under ``torch.inference_mode``.
-
-    Same output and order as the plain method (to float rounding). A token-id tensor goes to the class's own
-    method (it is already padded)."""
-    if isinstance(texts, Tensor):
-        return type(model).encode_text(model, texts, project=project, batch_size=batch_size, progress=progress)
-    items = _check_texts(texts)
-    if not items:
-        return torch.zeros(0, model.embed_dim)
-    bb = model.backbone
-    device = model.device
-    order, batches = length_sorted_batches(bb, items, batch_size)
-    bar = _bar(progress, len(items), "texts")
-    out: list[Tensor] = []
-    with torch.inference_mode():
-        for tok in batches:
-            mask = tok.get("attention_mask")
-            feats = bb.text_features(tok["input_ids"].to(device), None if mask is None else mask.to(device))
-            feats = feats.float()
-            out.append((model.lift_text(feats) if project else feats).cpu())
-            if bar is not None:
-                bar.update(int(tok["input_ids"].shape[0]))
-    if bar is not None:
-        bar.close()
-    # outside inference mode, out-of-place ops on inference tensors give ordinary tensors
-    stacked = torch.cat(out)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    return stacked.index_select(0, inverse)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # images: prefetching encoder
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -307,16 +233,14 @@ def encode_image_fast(model, images, *, batch_size: int = IMAGE_BATCH, project: 
     """``model.encode_image`` under ``torch.inference_mode``; with ``prefetch``, the files / PIL images of the next
     batch are decoded and preprocessed in a background thread while the tower runs on the current batch. Same
     pixels, output and order as the plain method."""
-    from .images import load_image
+    from ..images import load_image
 
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_batch_size(batch_size)
     bb = model.backbone
     if isinstance(images, Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
-        from . import lorentz as L
+        from .. import lorentz as L
 
         L.check_finite(images, "pixel tensor")
         n = int(images.shape[0])
@@ -335,7 +259,7 @@ def encode_image_fast(model, images, *, batch_size: int = IMAGE_BATCH, project: 
     if n == 0:
         return torch.zeros(0, model.embed_dim)
     device = model.device
-    bar = _bar(progress, n, "images")
+    bar = progress_bar(progress, n, "images")
     out: list[Tensor] = []
     with torch.inference_mode():
         for px in batches:
@@ -361,14 +285,6 @@ def _prefetched(fn: Callable[[int], Tensor], starts: Iterable[int]) -> Iterator[
             yield pending.result()
         finally:
             pending.cancel()
-
-
-def _bar(progress: bool, total: int, what: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"encoding {what}", unit=what[:-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,7 +340,7 @@ class TorchTextEngine:
         self.precision = precision
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        from .backbones.mini import mean_pool
+        from ..backbones.mini import mean_pool
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -460,7 +376,7 @@ class _TextPool(nn.Module):
         self.text_model = text_model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        from .backbones.mini import mean_pool
+        from ..backbones.mini import mean_pool
 
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask)
@@ -504,7 +420,7 @@ def _cached_onnx(kind: str, module: nn.Module, build: Callable[[], bytes],
     """(bytes, None) or (None, path of the cached file), exporting on a miss."""
     try:
         if cache_dir is None:
-            from .data.paths import default_cache_dir
+            from ..data.paths import default_cache_dir
 
             cache_dir = Path(default_cache_dir()) / "onnx"
         folder = Path(cache_dir)

@@ -1,0 +1,49 @@
+"""Fast inference paths: :mod:`~hysac.fast.cpu` (the offline model on a few CPU cores) and :mod:`~hysac.fast.gpu`
+(CLIP ViT-L/14 HySAC on a GPU), sharing length-bucketed text encoding (:mod:`~hysac.fast.text`) and the parallel
+image loader (:mod:`~hysac.fast.loader`).
+
+:func:`optimize` picks the path for a device: ``optimize(model)`` → GPU path when CUDA is available, else CPU.
+Both change the model in place and make ``model.encode_text`` / ``model.encode_image`` the fast encoders, so the
+CLI, the service and the index builder get them through the ordinary model API.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from . import cpu, gpu, loader, text
+from .cpu import *  # noqa: F401,F403 - optimize_for_cpu, restore_cpu_defaults, the CPU engines
+from .gpu import *  # noqa: F401,F403 - optimize_for_gpu, encode_image_device, set_attention
+from .loader import *  # noqa: F401,F403 - pixel_batches
+from .text import *  # noqa: F401,F403 - encode_text_fast, length_sorted_batches
+from .cpu import optimize_for_cpu
+from .gpu import optimize_for_gpu
+
+__all__ = sorted({"describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__, *text.__all__})
+
+
+def optimize(model, device: str | torch.device | None = None, **options):
+    """The fast path for ``device`` (default: CUDA when available, else CPU), in place; returns the model.
+
+    ``options`` go to :func:`optimize_for_gpu` or :func:`optimize_for_cpu`."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cpu":
+        if model.device.type != "cpu":
+            model.to("cpu")
+        return optimize_for_cpu(model, **options)
+    return optimize_for_gpu(model, device=dev, **options)
+
+
+def describe(model) -> dict | None:
+    """What the fast path changed on ``model`` (``{"path": "cpu"|"gpu", ...}``), or None when it is not on."""
+    for path in ("cpu", "gpu"):
+        info = model.__dict__.get(f"_fast_{path}")
+        if info is not None:
+            return {"path": path, **info}
+    return None

@@ -1,0 +1,225 @@
+"""GPU fast path: LoRA merged, bf16 weights, SDPA / flash attention, optional ``torch.compile``, and images
+decoded in worker processes into pinned memory.
+
+What the plain path does, and what :func:`optimize_for_gpu` changes (tangent features stay within bf16 tolerance
+of the fp32 path: cosine >= 0.999, distance-to-origin relative error <= 1e-2, checked by
+``benchmarks/bench_gpu.py`` on ViT-L/14 and by the tests on tiny towers):
+
+* **LoRA** (``merge_lora=True``): the adapters are folded into the tower weights (``W += (alpha/r)·B·A``), which
+  removes two extra GEMMs and a dropout per adapted layer. This is irreversible for the model object (reload it to
+  train again); :meth:`~hysac.model.HySAC.save_pretrained` still writes a loadable model.
+* **Precision** (``precision="bf16"``): the tower weights are cast to bf16 when the backbone supports it
+  (:meth:`~hysac.backbones.base.Backbone.cast_towers`: CLIP); other backbones run their towers under bf16
+  ``torch.autocast``. The HySAC scalars, the exponential map and every distance stay fp32.
+* **Attention** (``attention="sdpa"``): Hugging Face towers switch to ``scaled_dot_product_attention`` (flash /
+  memory-efficient kernels) or ``"flash_attention_2"`` when that package is installed.
+* **Compilation** (``compile=True``): each tower is compiled in place (``nn.Module.compile``, so state-dict keys do
+  not change). The first batches of each new shape are slow; worth it for long jobs.
+* **Encoding**: ``model.encode_text`` becomes length-bucketed (:func:`~hysac.fast.text.encode_text_fast`);
+  ``model.encode_image`` decodes files in ``workers`` processes into pinned ``uint8`` chunks, copies them to the
+  GPU without blocking and normalises there (:mod:`hysac.fast.loader`).
+
+It also runs on the CPU when asked explicitly (``device="cpu"``; :func:`~hysac.fast.cpu.optimize_for_cpu` is
+the better CPU path), which is how the tests exercise it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+from .loader import pixel_batches
+from .text import check_batch_size, encode_text_fast, progress_bar
+
+__all__ = ["ATTENTIONS", "PRECISIONS", "encode_image_device", "optimize_for_gpu", "set_attention"]
+
+PRECISIONS = ("bf16", "fp32")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2", "keep")
+TEXT_BATCH = 256
+IMAGE_BATCH = 256
+
+
+def set_attention(backbone: nn.Module, attention: str) -> list[str]:
+    """Switch every Hugging Face model among the backbone's towers to ``attention``; returns what each uses."""
+    if attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    from transformers import PreTrainedModel
+
+    used = []
+    for tower in backbone.towers().values():
+        for module in tower.modules():
+            if isinstance(module, PreTrainedModel):
+                if attention != "keep":
+                    try:
+                        module.set_attn_implementation(attention)
+                    except (ImportError, ValueError) as e:
+                        raise InputError(f"attention {attention!r} is not available for "
+                                         f"{type(module).__name__}: {e}") from None
+                used.append(module.config._attn_implementation)
+                break  # the outermost HF model sets it for its sub-modules
+    return used
+
+
+def optimize_for_gpu(model, *, device: str | torch.device | None = None, precision: str = "bf16",
+                     attention: str = "sdpa", merge_lora: bool = True, compile: bool = False,
+                     compile_mode: str | None = None, compile_backend: str = "inductor", workers: int | None = None,
+                     pin_memory: bool | None = None, text_batch_size: int = TEXT_BATCH,
+                     image_batch_size: int = IMAGE_BATCH, patch_encode: bool = True):
+    """Make ``model`` (a :class:`~hysac.model.HySAC`) fast on a GPU, **in place** (moved to ``device``), and return it.
+
+    * ``device``: default ``"cuda"``; raises :class:`InputError` when CUDA is missing (pass ``device="cpu"``
+      explicitly to run this path on the CPU).
+    * ``precision``: ``"bf16"`` (tower weights in bf16, or autocast where the backbone cannot cast) or ``"fp32"``.
+    * ``attention``: ``"sdpa"``, ``"flash_attention_2"``, ``"eager"`` or ``"keep"``.
+    * ``merge_lora``: fold LoRA adapters into the weights (irreversible for this object).
+    * ``compile`` / ``compile_mode`` / ``compile_backend``: ``nn.Module.compile`` on each tower.
+    * ``workers`` / ``pin_memory``: image loader processes (default one per CPU, at most 16) and page-locked
+      transfers (default on for CUDA).
+    * ``text_batch_size`` / ``image_batch_size``: default batch sizes of the patched encoders.
+    * ``patch_encode``: make ``model.encode_text`` / ``model.encode_image`` the fast encoders.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    text_batch_size, image_batch_size = check_batch_size(text_batch_size), check_batch_size(image_batch_size)
+    if workers is not None and (isinstance(workers, bool) or int(workers) != workers or workers < 0):
+        raise InputError(f"workers must be a non-negative integer, got {workers!r}")
+    if device is None:
+        if not torch.cuda.is_available():
+            raise InputError("optimize_for_gpu: no CUDA device is available; use hysac.fast.optimize_for_cpu "
+                             "(or pass device='cpu' to run this path on the CPU)")
+        device = "cuda"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"invalid device {device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} requested but CUDA is not available")
+    bb = model.backbone
+    if hasattr(bb, "set_inference_engines"):
+        bb.set_inference_engines(None, None)  # CPU engines do not apply on this path
+    model.eval()
+    merged = False
+    if merge_lora and getattr(bb, "lora", None):
+        model.merge_lora()
+        merged = True
+    model.to(device)
+    autocast = None
+    weights = "fp32"
+    if precision == "bf16":
+        if bb.cast_towers(torch.bfloat16):
+            weights = "bf16"
+        else:
+            autocast = torch.bfloat16
+            weights = "fp32 (bf16 autocast)"
+    attn = set_attention(bb, attention)
+    if compile:
+        for name, tower in bb.towers().items():
+            kw: dict[str, Any] = {"backend": compile_backend}
+            if compile_mode:
+                kw["mode"] = compile_mode
+            tower.compile(**kw)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (heads, lifting inputs) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    info = {"device": str(device), "weights": weights, "autocast": None if autocast is None else str(autocast),
+            "attention": attn, "lora_merged": merged, "compiled": bool(compile),
+            "workers": workers, "pin_memory": pin_memory, "patched_encode": bool(patch_encode)}
+    for name in ("encode_text", "encode_image"):
+        model.__dict__.pop(name, None)
+    if patch_encode:
+        object.__setattr__(model, "encode_text", functools.partial(
+            _encode_text, model, default_batch=text_batch_size, autocast=autocast))
+        object.__setattr__(model, "encode_image", functools.partial(
+            _encode_image, model, default_batch=image_batch_size, workers=workers, pin_memory=pin_memory,
+            autocast=autocast))
+    model.__dict__.pop("_fast_cpu", None)
+    object.__setattr__(model, "_fast_gpu", info)
+    return model
+
+
+def _encode_text(model, texts, *, project: bool = True, batch_size: int | None = None, progress: bool = False,
+                 default_batch: int = TEXT_BATCH, autocast=None) -> Tensor:
+    return encode_text_fast(model, texts, project=project, batch_size=batch_size or default_batch,
+                            progress=progress, autocast=autocast)
+
+
+def _encode_image(model, images, *, project: bool = True, batch_size: int | None = None, progress: bool = False,
+                  default_batch: int = IMAGE_BATCH, workers=None, pin_memory=None, autocast=None) -> Tensor:
+    return encode_image_device(model, images, batch_size=batch_size or default_batch, project=project,
+                               progress=progress, workers=workers, pin_memory=pin_memory, autocast=autocast)
+
+
+def _tower_dtype(bb) -> torch.dtype:
+    for tower in bb.towers().values():
+        for p in tower.parameters():
+            return p.dtype
+    return torch.float32
+
+
+def encode_image_device(model, images, *, batch_size: int = IMAGE_BATCH, project: bool = True,
+                        progress: bool = False, workers: int | None = None, pin_memory: bool | None = None,
+                        autocast: torch.dtype | None = None) -> Tensor:
+    """``model.encode_image`` for a model on any device, with decoding in loader processes.
+
+    Files / PIL images are decoded, resized and cropped in ``workers`` processes (see
+    :func:`hysac.fast.loader.pixel_batches`) when the backbone has a :meth:`pixel_spec`, else preprocessed in this
+    process with ``backbone.preprocess_images``. A (B,3,H,W) pixel tensor is used as is. Returns (N,D) fp32 on the
+    CPU, in input order; a bad item raises :class:`InputError` naming it."""
+    from .. import lorentz as L
+    from ..images import load_image
+
+    batch_size = check_batch_size(batch_size)
+    bb = model.backbone
+    device = model.device
+    spec = bb.pixel_spec()
+    if isinstance(images, Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
+        L.check_finite(images, "pixel tensor")
+        n = int(images.shape[0])
+        batches = ((None, images[i:i + batch_size].to(device)) for i in range(0, n, batch_size))
+    else:
+        if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
+            images = [images]
+        items = list(images)
+        n = len(items)
+        if spec is not None:
+            batches = pixel_batches(items, spec, device=device, batch_size=batch_size, workers=workers,
+                                    pin_memory=pin_memory, dtype=_tower_dtype(bb))
+        else:
+            batches = ((None, bb.preprocess_images([load_image(s) for s in items[i:i + batch_size]]).to(device))
+                       for i in range(0, n, batch_size))
+    if n == 0:
+        return torch.zeros(0, model.embed_dim)
+    ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext  # noqa: E731
+    bar = progress_bar(progress, n, "images")
+    out: list[Tensor] = []
+    order: list[Tensor] = []
+    with torch.inference_mode():
+        for idx, px in batches:
+            with ctx():
+                feats = bb.image_features(px)
+            feats = feats.float()
+            out.append((model.lift_image(feats) if project else feats).cpu())
+            if idx is not None:
+                order.append(idx)
+            if bar is not None:
+                bar.update(int(px.shape[0]))
+    if bar is not None:
+        bar.close()
+    stacked = torch.cat(out)
+    if order:
+        idx = torch.cat(order)
+        if not torch.equal(idx, torch.arange(n)):  # the loader keeps input order; guard anyway
+            result = torch.empty_like(stacked)
+            result[idx] = stacked
+            return result
+    return stacked

@@ -1,0 +1,99 @@
+"""Length-bucketed text encoding, shared by the CPU and GPU fast paths.
+
+``HySAC.encode_text`` tokenises per chunk in arrival order, so one long prompt makes its whole chunk run at the
+longest length. :func:`encode_text_fast` tokenises everything once, **sorts by token length**, encodes
+length-homogeneous batches (dynamic padding) and restores the input order. Padding is masked out, so this is the
+same computation; only float summation order changes.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ..backbones.base import check_texts
+from ..errors import InputError
+
+__all__ = ["encode_text_fast", "length_sorted_batches", "progress_bar"]
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, float)) or int(batch_size) != batch_size \
+            or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def length_sorted_batches(backbone, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
+    """``(order, batches)``: the text indices sorted by token length, and an iterator of token dicts
+    (``input_ids``, ``attention_mask``) covering ``texts[order]`` ``batch_size`` at a time, each padded only to
+    its own longest text.
+
+    Uses ``backbone.length_sorted_batches`` when the backbone has it (the mini backbone tokenises once); any other
+    backbone is tokenised once to measure lengths and again per batch with ``backbone.tokenize``."""
+    batch_size = check_batch_size(batch_size)
+    own = getattr(backbone, "length_sorted_batches", None)
+    if own is not None:
+        return own(texts, batch_size)
+    texts = list(texts)
+    lengths: list[int] = []
+    for i in range(0, len(texts), 1024):
+        tok = backbone.tokenize(texts[i:i + 1024])
+        lengths.extend(tok["attention_mask"].sum(dim=1).tolist())
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+
+    def gen() -> Iterator[dict]:
+        for s in range(0, len(order), batch_size):
+            yield backbone.tokenize([texts[i] for i in order[s:s + batch_size]])
+
+    return order, gen()
+
+
+def encode_text_fast(model, texts, *, batch_size: int = 64, project: bool = True, progress: bool = False,
+                     autocast: torch.dtype | None = None) -> Tensor:
+    """``model.encode_text`` with length-sorted, dynamically padded batches under ``torch.inference_mode``, on
+    whatever device the model is on. ``autocast``: run the towers under ``torch.autocast`` in that dtype (the
+    lifting onto the hyperboloid stays fp32).
+
+    Returns (N,D) fp32 on the CPU, same order as the input (to float rounding). A token-id tensor goes to the
+    class's own method (it is already padded)."""
+    if isinstance(texts, Tensor):
+        return type(model).encode_text(model, texts, project=project, batch_size=batch_size, progress=progress)
+    items = check_texts(texts)
+    if not items:
+        return torch.zeros(0, model.embed_dim)
+    bb = model.backbone
+    device = model.device
+    order, batches = length_sorted_batches(bb, items, batch_size)
+    bar = progress_bar(progress, len(items), "texts")
+    ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext  # noqa: E731
+    out: list[Tensor] = []
+    with torch.inference_mode():
+        for tok in batches:
+            mask = tok.get("attention_mask")
+            with ctx():
+                feats = bb.text_features(tok["input_ids"].to(device, non_blocking=True),
+                                         None if mask is None else mask.to(device, non_blocking=True))
+            feats = feats.float()
+            out.append((model.lift_text(feats) if project else feats).cpu())
+            if bar is not None:
+                bar.update(int(tok["input_ids"].shape[0]))
+    if bar is not None:
+        bar.close()
+    # outside inference mode, out-of-place ops on inference tensors give ordinary tensors
+    stacked = torch.cat(out)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return stacked.index_select(0, inverse)
+
+
+def progress_bar(progress: bool, total: int, what: str):
+    """A tqdm bar over ``total`` items when ``progress``, else None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"encoding {what}", unit=what[:-1])
