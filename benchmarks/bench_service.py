@@ -46,10 +46,11 @@ def serve(args) -> None:
     from hysac.service.demo import make_demo_index, make_tiny_model
 
     root = Path(args.root)
-    if args.torch_threads not in (None, "default"):
+    threads, _, flag = (args.torch_threads or "default").partition("+")
+    if threads != "default":
         import torch
 
-        torch.set_num_threads(int(args.torch_threads))
+        torch.set_num_threads(int(threads))
     if args.model:
         from hysac.model import load_model
 
@@ -57,7 +58,7 @@ def serve(args) -> None:
     else:
         model = make_tiny_model(root / "model")
     index = make_demo_index(root / "demo", model, n_images=args.images, repeat=args.repeat)
-    app = create_app(model, index)
+    app = create_app(model, index, fast=flag == "fast")
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 timeout_keep_alive=args.keep_alive)
 
@@ -338,7 +339,7 @@ def interpretation(res: dict) -> list[str]:
         if not L["throughput_rps"] or lat["p50"] is None:
             continue
         expect = clients / L["throughput_rps"] * 1e3
-        out.append(f"- torch threads {r['torch_threads']}: p50 {lat['p50']} ms vs clients/throughput = "
+        out.append(f"- config {r['torch_threads']}: p50 {lat['p50']} ms vs clients/throughput = "
                    f"{expect:.0f} ms (the queue for the single inference worker); handler p50 {h['p50']} ms, i.e. "
                    f"{(lat['p50'] - (h['p50'] or 0)):.0f} ms of the client-observed p50 is spent outside the "
                    f"handler (HTTP, body parsing, JSON, the client's own CPU); p99/p50 = "
@@ -348,8 +349,8 @@ def interpretation(res: dict) -> list[str]:
         worst = min(runs, key=lambda r: r["load"]["throughput_rps"] or 0)
         if best is not worst and worst["load"]["throughput_rps"]:
             gain = best["load"]["throughput_rps"] / worst["load"]["throughput_rps"]
-            out.append(f"- torch threads {best['torch_threads']} gave {gain:.2f}x the throughput of "
-                       f"{worst['torch_threads']} on this machine (`hysac serve --torch-threads N`).")
+            out.append(f"- config {best['torch_threads']} gave {gain:.2f}x the throughput of "
+                       f"{worst['torch_threads']} on this machine (`hysac serve --torch-threads N [--fast]`).")
     out.append("- Each simulated client has its own connection. Sharing one httpx pool of 100 connections among the "
                "100 clients (an earlier version of this script) added seconds of client-side waiting to the tail "
                "(p99 ≈ 6 s, while the server-side time stayed ≈ 1.4 s).")
@@ -367,8 +368,8 @@ def write_report(res: dict, out: Path) -> None:
         "",
         f"- date: {e['date']}",
         f"- machine: {e['machine']['cpu']}, {e['machine']['cores']} cores, {e['machine']['platform']}; load average "
-        f"at start {e['machine']['loadavg_at_start']}, at end {e['machine'].get('loadavg_at_end')} (a model training "
-        "run shared the machine; the load clients and the server share the same cores too)",
+        f"at start {e['machine']['loadavg_at_start']}, at end {e['machine'].get('loadavg_at_end')} (the load clients "
+        "and the server share the same cores)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in e["versions"].items()),
         f"- model: {st['model']}; index: {st['index_items']} items ({st['index_counts']}); the service runs "
         "inference and search in one worker thread",
@@ -381,7 +382,7 @@ def write_report(res: dict, out: Path) -> None:
         "",
         "## Load",
         "",
-        "| torch threads | requests | 200 OK | 5xx | transport errors | throughput (req/s) | p50 ms | p90 ms | p99 ms "
+        "| server config (threads[+fast]) | requests | 200 OK | 5xx | transport errors | throughput (req/s) | p50 ms | p90 ms | p99 ms "
         "| max ms | handler p50/p99 ms (search, traverse) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -393,14 +394,14 @@ def write_report(res: dict, out: Path) -> None:
                      f"| {L['throughput_rps']} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} "
                      f"| {h['p50']} / {h['p99']} |")
     lines += ["", "Per request kind (p50 / p99 ms, client-observed):", "",
-              "| torch threads | " + " | ".join(res["runs"][0]["load"]["by_kind"]) + " |",
+              "| server config | " + " | ".join(res["runs"][0]["load"]["by_kind"]) + " |",
               "|---|" + "---|" * len(res["runs"][0]["load"]["by_kind"])]
     for run in res["runs"]:
         cells = [f"{v['p50_ms']} / {v['p99_ms']} (n={v['n']})" for v in run["load"]["by_kind"].values()]
         lines.append(f"| {run['torch_threads']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Server memory (peak RSS): " + ", ".join(f"{r['torch_threads']} threads {r['server_memory'].get('VmHWM')}"
+        "Server memory (peak RSS): " + ", ".join(f"{r['torch_threads']}: {r['server_memory'].get('VmHWM')}"
                                                  for r in res["runs"]) + ".",
         "",
     ] + interpretation(res) + [
@@ -429,7 +430,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=25, help="demo texts ×repeat in the index (20 per repeat)")
     ap.add_argument("--images", type=int, default=24, help="images in the index")
     ap.add_argument("--torch-threads", default="default,1",
-                    help="comma-separated server configurations: torch intra-op threads ('default' = torch's)")
+                    help="comma-separated server configurations: torch intra-op threads ('default' = torch's), "
+                         "'+fast' for `hysac serve --fast` (e.g. 1,1+fast)")
     ap.add_argument("--keep-alive", type=int, default=30,
                     help="server keep-alive timeout in s (as `hysac serve`; uvicorn's own default is 5)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "service"))

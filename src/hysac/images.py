@@ -4,6 +4,7 @@ the CPU (worker processes) and normalisation wherever the tower runs."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,13 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1,3,1,1) fp32 constants on ``device``, made once (no host-to-device copy per batch)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
 @dataclass(frozen=True)
 class PixelSpec:
     """A backbone's image preprocessing: shorter side → ``size`` (the longer side scaled and truncated, as
@@ -180,8 +188,7 @@ class PixelSpec:
         """(B,3,H,W) ``uint8`` (any device) → (B,3,H,W) normalised pixels in ``dtype``; the arithmetic is fp32."""
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise InputError(f"pixel batch must have shape (B,3,H,W), got {tuple(pixels.shape)}")
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        mean, std = _mean_std(self.mean, self.std, pixels.device)
         return ((pixels.float() - mean) / std).to(dtype)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:

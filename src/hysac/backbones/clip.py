@@ -193,7 +193,10 @@ class ClipBackbone(Backbone):
         p = self.image_processor
         size = getattr(p, "size", None) or {}
         crop = getattr(p, "crop_size", None) or {}
-        resample = {int(v): k for k, v in _PIL_RESAMPLE.items()}.get(int(getattr(p, "resample", 3)))
+        try:
+            resample = {int(v): k for k, v in _PIL_RESAMPLE.items()}.get(int(getattr(p, "resample", 3)))
+        except (TypeError, ValueError):  # e.g. a torchvision InterpolationMode
+            resample = None
         if ("shortest_edge" not in size or not getattr(p, "do_center_crop", True) or "height" not in crop
                 or not getattr(p, "do_resize", True) or not getattr(p, "do_normalize", True) or resample is None
                 or not getattr(p, "do_rescale", True) or abs(float(getattr(p, "rescale_factor", 1 / 255)) * 255 - 1) > 1e-6):

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .loader import pixel_batches
-from .text import check_batch_size, encode_text_fast, progress_bar
+from .text import Collector, check_batch_size, encode_text_fast, progress_bar
 
 __all__ = ["ATTENTIONS", "PRECISIONS", "encode_image_device", "optimize_for_gpu", "set_attention"]
 
@@ -201,21 +201,21 @@ def encode_image_device(model, images, *, batch_size: int = IMAGE_BATCH, project
         return torch.zeros(0, model.embed_dim)
     ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext  # noqa: E731
     bar = progress_bar(progress, n, "images")
-    out: list[Tensor] = []
+    out = Collector()
     order: list[Tensor] = []
     with torch.inference_mode():
         for idx, px in batches:
             with ctx():
                 feats = bb.image_features(px)
             feats = feats.float()
-            out.append((model.lift_image(feats) if project else feats).cpu())
+            out.add(model.lift_image(feats) if project else feats)
             if idx is not None:
                 order.append(idx)
             if bar is not None:
                 bar.update(int(px.shape[0]))
     if bar is not None:
         bar.close()
-    stacked = torch.cat(out)
+    stacked = out.result()
     if order:
         idx = torch.cat(order)
         if not torch.equal(idx, torch.arange(n)):  # the loader keeps input order; guard anyway

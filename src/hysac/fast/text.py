@@ -17,7 +17,7 @@ from torch import Tensor
 from ..backbones.base import check_texts
 from ..errors import InputError
 
-__all__ = ["encode_text_fast", "length_sorted_batches", "progress_bar"]
+__all__ = ["Collector", "encode_text_fast", "length_sorted_batches", "progress_bar"]
 
 
 def check_batch_size(batch_size) -> int:
@@ -70,7 +70,7 @@ def encode_text_fast(model, texts, *, batch_size: int = 64, project: bool = True
     order, batches = length_sorted_batches(bb, items, batch_size)
     bar = progress_bar(progress, len(items), "texts")
     ctx = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast is not None else nullcontext  # noqa: E731
-    out: list[Tensor] = []
+    out = Collector()
     with torch.inference_mode():
         for tok in batches:
             mask = tok.get("attention_mask")
@@ -78,16 +78,40 @@ def encode_text_fast(model, texts, *, batch_size: int = 64, project: bool = True
                 feats = bb.text_features(tok["input_ids"].to(device, non_blocking=True),
                                          None if mask is None else mask.to(device, non_blocking=True))
             feats = feats.float()
-            out.append((model.lift_text(feats) if project else feats).cpu())
+            out.add(model.lift_text(feats) if project else feats)
             if bar is not None:
                 bar.update(int(tok["input_ids"].shape[0]))
     if bar is not None:
         bar.close()
-    # outside inference mode, out-of-place ops on inference tensors give ordinary tensors
-    stacked = torch.cat(out)
+    stacked = out.result()
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return stacked.index_select(0, inverse)
+
+
+class Collector:
+    """Per-batch outputs kept on their device and copied to the CPU in groups of ``flush_every`` batches, so that
+    the host never waits for the accelerator after each batch (and can prepare the next one meanwhile)."""
+
+    def __init__(self, flush_every: int = 64) -> None:
+        self.flush_every = int(flush_every)
+        self.pending: list[Tensor] = []
+        self.host: list[Tensor] = []
+
+    def add(self, x: Tensor) -> None:
+        self.pending.append(x)
+        if len(self.pending) >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.host.append(torch.cat(self.pending).cpu())
+            self.pending = []
+
+    def result(self) -> Tensor:
+        """All outputs, concatenated, on the CPU. Called outside ``inference_mode``: an ordinary tensor."""
+        self._flush()
+        return torch.cat(self.host)
 
 
 def progress_bar(progress: bool, total: int, what: str):
