@@ -46,7 +46,8 @@ def serve(args) -> None:
     from hysac.service.demo import make_demo_index, make_tiny_model
 
     root = Path(args.root)
-    threads, _, flag = (args.torch_threads or "default").partition("+")
+    threads, *flags = (args.torch_threads or "default").split("+")
+    coalesce = next((int(f[len("coalesce"):]) for f in flags if f.startswith("coalesce")), 64)
     if threads != "default":
         import torch
 
@@ -58,7 +59,7 @@ def serve(args) -> None:
     else:
         model = make_tiny_model(root / "model")
     index = make_demo_index(root / "demo", model, n_images=args.images, repeat=args.repeat)
-    app = create_app(model, index, fast=flag == "fast")
+    app = create_app(model, index, fast="fast" in flags, coalesce=coalesce)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 timeout_keep_alive=args.keep_alive)
 
@@ -350,7 +351,7 @@ def interpretation(res: dict) -> list[str]:
         if best is not worst and worst["load"]["throughput_rps"]:
             gain = best["load"]["throughput_rps"] / worst["load"]["throughput_rps"]
             out.append(f"- config {best['torch_threads']} gave {gain:.2f}x the throughput of "
-                       f"{worst['torch_threads']} on this machine (`hysac serve --torch-threads N [--fast]`).")
+                       f"{worst['torch_threads']} on this machine (`hysac serve --torch-threads N [--fast] [--coalesce N]`).")
     out.append("- Each simulated client has its own connection. Sharing one httpx pool of 100 connections among the "
                "100 clients (an earlier version of this script) added seconds of client-side waiting to the tail "
                "(p99 ≈ 6 s, while the server-side time stayed ≈ 1.4 s).")
@@ -382,7 +383,7 @@ def write_report(res: dict, out: Path) -> None:
         "",
         "## Load",
         "",
-        "| server config (threads[+fast]) | requests | 200 OK | 5xx | transport errors | throughput (req/s) | p50 ms | p90 ms | p99 ms "
+        "| server config (threads[+fast][+coalesceN]) | requests | 200 OK | 5xx | transport errors | throughput (req/s) | p50 ms | p90 ms | p99 ms "
         "| max ms | handler p50/p99 ms (search, traverse) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -431,7 +432,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=24, help="images in the index")
     ap.add_argument("--torch-threads", default="default,1",
                     help="comma-separated server configurations: torch intra-op threads ('default' = torch's), "
-                         "'+fast' for `hysac serve --fast` (e.g. 1,1+fast)")
+                         "'+fast' for `hysac serve --fast`, '+coalesceN' for `--coalesce N` (default 64), e.g. "
+                         "1+coalesce1,1,1+fast")
     ap.add_argument("--keep-alive", type=int, default=30,
                     help="server keep-alive timeout in s (as `hysac serve`; uvicorn's own default is 5)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "service"))

@@ -382,6 +382,60 @@ def test_concurrent_requests_queue_and_health_stays_responsive(app):
     assert [r.status_code for r in done] == [200] * len(done)
 
 
+def test_concurrent_single_queries_are_coalesced_into_batched_model_calls(env):
+    """Queries that arrive while the worker is busy are encoded together: same answers as one call per query, far
+    fewer model calls; a query that makes the model fail is isolated (422) and the others still succeed."""
+    model, index, _ = env
+    texts = [f"a photo of item {i}" for i in range(12)] + ["a cat covered in blood", "a bowl of fruit"]
+
+    async def burst(app, payloads, path="/search"):
+        engine = app.state.engine
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            blocker = asyncio.ensure_future(engine.run(time.sleep, 0.3))  # let the queries pile up
+            await asyncio.sleep(0.02)
+            rs = await asyncio.gather(*[c.post(path, json=p) for p in payloads])
+            await blocker
+            return rs
+
+    one_by_one = create_app(model, index, coalesce=1, warmup=False)
+    batched = create_app(model, index, coalesce=64, warmup=False)
+    payloads = [{"text": t, "k": 5, "mode": m} for t, m in zip(texts, MODES * 3)]
+    ref = asyncio.run(burst(one_by_one, payloads))
+    got = asyncio.run(burst(batched, payloads))
+    assert [r.status_code for r in got] == [200] * len(payloads)
+    for a, b in zip(ref, got):
+        a, b = a.json(), b.json()
+        assert b["query"]["safety_score"] == pytest.approx(a["query"]["safety_score"], rel=1e-5, abs=1e-6)
+        assert [r["id"] for r in b["results"]] == [r["id"] for r in a["results"]]
+    stats = batched.state.engine.encode_stats
+    assert stats["queries"] == len(payloads) and stats["calls"] <= 3
+    assert one_by_one.state.engine.encode_stats["calls"] == len(payloads)
+    trav = asyncio.run(burst(batched, [{"text": t} for t in texts[:4]], "/traverse"))
+    assert [r.status_code for r in trav] == [200] * 4
+
+    # a query the model refuses fails alone
+    real = model.encode_text
+
+    def picky(items, **kw):
+        if any("poison" in t for t in items):
+            raise InputError("this query cannot be encoded (poison)")
+        return real(items, **kw)
+
+    model.encode_text = picky
+    try:
+        rs = asyncio.run(burst(batched, [{"text": "a dog", "k": 2}, {"text": "poison pill", "k": 2},
+                                         {"text": "a car", "k": 2}]))
+    finally:
+        del model.encode_text
+    assert [r.status_code for r in rs] == [200, 422, 200]
+    assert "poison" in rs[1].json()["error"]
+    one_by_one.state.engine.close()
+    batched.state.engine.close()
+    with pytest.raises(InputError, match="coalesce"):
+        create_app(model, index, coalesce=0, warmup=False)
+
+
 def test_busy_queue_answers_503(env):
     model, index, _ = env
     app = create_app(model, index, max_pending=2, warmup=False)

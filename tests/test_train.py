@@ -139,3 +139,29 @@ def test_perf_config_errors():
         load_config(None, ["perf.turbo=true"])
     with pytest.raises(InputError, match="perf.compile"):
         load_config(None, ["perf.compile=maybe"])
+
+
+def test_torchrun_two_processes_stay_in_step(tmp_path, clip_folder):
+    """Two CPU processes (gloo) under torchrun: per-process shares of a batch that does not divide evenly,
+    negatives gathered from the other process, gradients all-reduced — both end with identical weights and
+    rank 0 alone writes the log and checkpoints."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    cfg = _cfg(tmp_path, clip_folder, out, max_steps=3)
+    cfg["data"]["batch"] = {"unsafe_text": 5, "safe_text": 5, "safe_image": 3, "unsafe_image": 1}  # odd: uneven
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    worker = Path(__file__).with_name("dist_train_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(cfg_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and {r0["rank"], r1["rank"]} == {0, 1}
+    assert r0["steps"] == r1["steps"] == 3
+    assert r0["hash"] == r1["hash"], "the processes' weights diverged"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r] == [1, 2, 3]  # one writer
+    assert (out / "checkpoints" / "last").is_dir()

@@ -1,22 +1,27 @@
-"""Parallel image loading: decode, resize and crop in worker processes into (pinned) ``uint8`` chunks.
+"""Parallel image loading: decode, resize and crop in worker processes into ``uint8`` chunks, pinned on the way
+to the GPU.
 
-The expensive, CPU-only half of image preprocessing (JPEG/PNG decoding, resizing, cropping) runs in
-``torch.utils.data.DataLoader`` worker processes; each worker turns a *chunk* of files into a (c,3,H,W) ``uint8``
-tensor, which the loader's pin thread copies into page-locked memory when the model is on a GPU. The consumer
-(:func:`pixel_batches`) copies chunks into a device buffer with ``non_blocking`` copies and hands out full model
-batches, so decoding of the next chunks overlaps the model's work and the GPU never waits for the host as long as
-there are enough workers. Normalisation (``PixelSpec.normalize``) happens on the device, in the tower's dtype.
+The expensive, CPU-only half of image preprocessing (JPEG/PNG decoding, resizing, cropping:
+:meth:`~hysac.images.PixelSpec.to_uint8`) runs in a **persistent pool** of worker processes; each task turns a
+*chunk* of files into a (c,3,H,W) ``uint8`` tensor that comes back through shared memory. The consumer
+(:func:`pixel_batches`) keeps ``prefetch`` chunks per worker in flight, pins each chunk, copies it into a device
+buffer with a ``non_blocking`` copy and hands out full model batches, so decoding of the next chunks overlaps the
+model's work. Normalisation (``PixelSpec.normalize``) happens on the device, in the tower's dtype.
 
-Reader → mapper split as in the rest of the library: :class:`DecodedImages` reads one item, :func:`collate_chunk`
-assembles a chunk, :func:`pixel_batches` runs the loader. A bad item raises :class:`~hysac.errors.InputError`
-naming it (the same message :func:`hysac.images.load_image` gives); nothing is half-returned.
+The pool is started once per process (forked, like torch's DataLoader workers; the children never touch CUDA)
+and reused by every later call, so many small calls (one per index batch, say) pay no start-up cost. Reader → mapper split as in the
+rest of the library: :func:`decode_chunk` reads, :func:`pixel_batches` runs. A bad item raises
+:class:`~hysac.errors.InputError` naming it (the message :func:`hysac.images.load_image` gives); nothing is
+half-returned.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
 import os
-from dataclasses import dataclass
+from collections import deque
 from typing import Iterator, Sequence
 
 import torch
@@ -25,10 +30,14 @@ from torch import Tensor
 from ..errors import InputError
 from ..images import ImageLike, PixelSpec, load_image
 
-__all__ = ["Chunk", "DecodedImages", "collate_chunk", "default_workers", "pixel_batches"]
+__all__ = ["decode_chunk", "default_workers", "pixel_batches", "shutdown_pools"]
 
 #: images decoded per worker task (small, so that a few hundred images still spread over all workers)
 CHUNK = 32
+#: seconds one chunk may take before the pool is considered broken (a worker killed by the OS, say)
+CHUNK_TIMEOUT = 600.0
+
+_POOLS: dict[int, multiprocessing.pool.Pool] = {}
 
 
 def default_workers() -> int:
@@ -36,62 +45,93 @@ def default_workers() -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 1))
 
 
-class DecodedImages(torch.utils.data.Dataset):
-    """``items[i]`` (file path or PIL image) → ``(i, uint8 (3,H,W) or None, error message or None)``."""
-
-    def __init__(self, items: Sequence[ImageLike], spec: PixelSpec) -> None:
-        self.items = list(items)
-        self.spec = spec
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
+def decode_chunk(start: int, items: Sequence[ImageLike], spec: PixelSpec) -> tuple[Tensor, Tensor, list]:
+    """``items`` (paths or PIL images) → ``(indices, pixels, errors)``: input indices (``start`` + position) of the
+    decoded images, their (c,3,H,W) ``uint8`` pixels, and ``(index, message)`` for the items that failed."""
+    idx, px, errors = [], [], []
+    for j, item in enumerate(items):
         try:
-            return i, self.spec.to_uint8(load_image(self.items[i])), None
+            px.append(spec.to_uint8(load_image(item)))
+            idx.append(start + j)
         except InputError as e:
-            return i, None, str(e)
+            errors.append((start + j, str(e)))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input, reported by name
-            return i, None, f"cannot read image {self.items[i]!r}: {type(e).__name__}: {e}"
+            errors.append((start + j, f"cannot read image {item!r}: {type(e).__name__}: {e}"))
+    pixels = torch.stack(px) if px else torch.zeros(0, 3, *spec.crop, dtype=torch.uint8)
+    return torch.tensor(idx, dtype=torch.long), pixels, errors
 
 
-@dataclass
-class Chunk:
-    """Decoded images of one worker task: their input indices, pixels (c,3,H,W) ``uint8`` and the failures."""
+def _pool(workers: int):
+    pool = _POOLS.get(workers)
+    if pool is None:
+        import torch.multiprocessing as tmp
 
-    indices: Tensor
-    pixels: Tensor
-    errors: list[tuple[int, str]]
-
-    def pin_memory(self) -> "Chunk":  # called by the DataLoader's pin thread
-        return Chunk(self.indices.pin_memory(), self.pixels.pin_memory(), self.errors)
-
-
-def collate_chunk(rows, crop: tuple[int, int] = (0, 0)) -> Chunk:
-    good = [(i, px) for i, px, err in rows if err is None]
-    errors = [(i, err) for i, _, err in rows if err is not None]
-    pixels = torch.stack([px for _, px in good]) if good else torch.zeros(0, 3, *crop, dtype=torch.uint8)
-    return Chunk(torch.tensor([i for i, _ in good], dtype=torch.long), pixels, errors)
+        # fork (Linux), as torch's DataLoader: no re-import of the caller's __main__ (scripts need no main guard)
+        # and no start-up imports; the children only decode images and never touch CUDA
+        methods = multiprocessing.get_all_start_methods()
+        ctx = tmp.get_context("fork" if "fork" in methods else "spawn")
+        pool = ctx.Pool(workers, initializer=_worker_init)
+        _POOLS[workers] = pool
+    return pool
 
 
-class _Collate:  # picklable (workers started with spawn/forkserver need it)
-    def __init__(self, crop: tuple[int, int]) -> None:
-        self.crop = tuple(crop)
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # decoding is per process; no thread pools fighting over the cores
 
-    def __call__(self, rows) -> Chunk:
-        return collate_chunk(rows, self.crop)
+
+def shutdown_pools() -> None:
+    """Stop the loader processes (they are started again on demand)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.terminate()
+        pool.join()
+
+
+atexit.register(shutdown_pools)
+
+
+def _chunks_local(items: Sequence[ImageLike], spec: PixelSpec, chunk: int) -> Iterator[tuple[Tensor, Tensor, list]]:
+    for s in range(0, len(items), chunk):
+        yield decode_chunk(s, items[s:s + chunk], spec)
+
+
+def _chunks_pool(items: Sequence[ImageLike], spec: PixelSpec, chunk: int, workers: int,
+                 prefetch: int) -> Iterator[tuple[Tensor, Tensor, list]]:
+    pool = _pool(workers)
+    starts = iter(range(0, len(items), chunk))
+    inflight: deque = deque()
+    window = max(1, workers * prefetch)
+
+    def submit() -> None:
+        s = next(starts, None)
+        if s is not None:
+            inflight.append(pool.apply_async(decode_chunk, (s, list(items[s:s + chunk]), spec)))
+
+    for _ in range(window):
+        submit()
+    while inflight:
+        res = inflight.popleft()
+        try:
+            out = res.get(timeout=CHUNK_TIMEOUT)
+        except multiprocessing.TimeoutError:
+            shutdown_pools()
+            raise RuntimeError(f"image loader: a chunk took over {CHUNK_TIMEOUT:.0f} s (a worker died?); "
+                               "the loader processes were restarted") from None
+        submit()
+        yield out
 
 
 def pixel_batches(items: Sequence[ImageLike], spec: PixelSpec, *, device: torch.device | str = "cpu",
                   batch_size: int = 256, workers: int | None = None, pin_memory: bool | None = None,
                   dtype: torch.dtype = torch.float32, chunk: int = CHUNK,
-                  prefetch_factor: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
+                  prefetch: int = 4) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(indices, pixels)``: input indices (b,) and normalised pixels (b,3,H,W) in ``dtype`` on ``device``,
     ``batch_size`` images at a time (the last batch may be smaller), in input order.
 
     ``workers``: loader processes (default :func:`default_workers`; 0 decodes in this process, as do inputs that
-    fit in one chunk). ``pin_memory``: page-locked chunks (default: when ``device`` is CUDA). A bad item raises
-    :class:`InputError` naming it."""
+    fit in one chunk and in-memory PIL images, which would only be copied to the workers). ``pin_memory``:
+    page-locked chunks and asynchronous copies (default: when ``device`` is CUDA). ``prefetch``: chunks in flight
+    per worker. A bad item raises :class:`InputError` naming it."""
     device = torch.device(device)
     n = len(items)
     if n == 0:
@@ -101,27 +141,24 @@ def pixel_batches(items: Sequence[ImageLike], spec: PixelSpec, *, device: torch.
         raise InputError(f"workers must be >= 0, got {workers}")
     pin = device.type == "cuda" if pin_memory is None else bool(pin_memory and torch.cuda.is_available())
     chunk = max(1, min(int(chunk), batch_size, math.ceil(n / max(1, workers))))
-    if n <= chunk:
+    if n <= chunk or all(hasattr(it, "mode") for it in items):
         workers = 0
-    kw = {}
-    if workers:
-        kw.update(num_workers=workers, prefetch_factor=prefetch_factor)
-    loader = torch.utils.data.DataLoader(DecodedImages(items, spec), batch_size=chunk, shuffle=False,
-                                         collate_fn=_Collate(spec.crop), pin_memory=pin, **kw)
+    parts = _chunks_pool(items, spec, chunk, workers, prefetch) if workers else _chunks_local(items, spec, chunk)
     buf = torch.empty(batch_size, 3, *spec.crop, dtype=torch.uint8, device=device)
     idx: list[Tensor] = []
     filled = 0
-    for part in loader:
-        if part.errors:
-            i, msg = part.errors[0]
-            more = f" (and {len(part.errors) - 1} more in the same chunk)" if len(part.errors) > 1 else ""
+    for indices, pixels, errors in parts:
+        if errors:
+            i, msg = errors[0]
+            more = f" (and {len(errors) - 1} more in the same chunk)" if len(errors) > 1 else ""
             raise InputError(f"image #{i}: {msg}{more}")
-        pos = 0
-        c = int(part.pixels.shape[0])
+        if pin:
+            pixels = pixels.pin_memory()
+        pos, c = 0, int(pixels.shape[0])
         while pos < c:
             take = min(batch_size - filled, c - pos)
-            buf[filled:filled + take].copy_(part.pixels[pos:pos + take], non_blocking=pin)
-            idx.append(part.indices[pos:pos + take])
+            buf[filled:filled + take].copy_(pixels[pos:pos + take], non_blocking=pin)
+            idx.append(indices[pos:pos + take])
             filled += take
             pos += take
             if filled == batch_size:

@@ -64,6 +64,17 @@ def _model_factory(name: str | None, fast: bool = False):
     return factory
 
 
+def _run_job(job, src: Path, dest: Path, model_name: str | None, *, engine: str, batch_size: int, column: str,
+             ray_concurrency: int, progress: bool, json_out: bool, fast: bool, **kw: Any) -> None:
+    """What ``build`` and ``add`` share: load the model (on the fast path if asked; each Ray actor loads its own
+    the same way), run ``job`` (``build_index`` / ``add_to_index``), print its report."""
+    m = _load_model(model_name, fast)
+    report = job(src, dest, m, batch_size=batch_size, engine=engine, column=column, progress=progress,
+                 model_factory=_model_factory(model_name, fast) if engine == "ray" else None,
+                 ray_options={"concurrency": ray_concurrency} if engine == "ray" else None, **kw)
+    _print_report(report, json_out)
+
+
 def _print_report(report: Any, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
@@ -117,14 +128,9 @@ def build_command(
         open_source(src, column=column)  # validate SRC before loading the model
         if IndexStore.exists(out) and model is None:
             model = IndexStore.read_info(out).get("model_source")
-        m = _load_model(model, fast)
-        report = build_index(
-            src, out, m, batch_size=batch_size, engine=engine, ann=ann_cfg, column=column, progress=progress,
-            model_source=model if model is not None else None,
-            model_factory=_model_factory(model, fast) if engine == "ray" else None,
-            ray_options={"concurrency": ray_concurrency} if engine == "ray" else None,
-        )
-        _print_report(report, json_out)
+        _run_job(build_index, src, out, model, engine=engine, batch_size=batch_size, column=column,
+                 ray_concurrency=ray_concurrency, progress=progress, json_out=json_out, fast=fast, ann=ann_cfg,
+                 model_source=model)
 
 
 @index_app.command("add")
@@ -150,13 +156,8 @@ def add_command(
         info = IndexStore.read_info(index)
         open_source(src, column=column)
         name = model if model is not None else info.get("model_source") or info["model_id"]
-        m = _load_model(name, fast)
-        report = add_to_index(
-            src, index, m, batch_size=batch_size, engine=engine, column=column, progress=progress,
-            model_factory=_model_factory(name, fast) if engine == "ray" else None,
-            ray_options={"concurrency": ray_concurrency} if engine == "ray" else None,
-        )
-        _print_report(report, json_out)
+        _run_job(add_to_index, src, index, name, engine=engine, batch_size=batch_size, column=column,
+                 ray_concurrency=ray_concurrency, progress=progress, json_out=json_out, fast=fast)
 
 
 @index_app.command("info")

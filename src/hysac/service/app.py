@@ -29,13 +29,14 @@ import logging
 import math
 import mimetypes
 import sqlite3
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -208,6 +209,15 @@ class BodyLimitMiddleware:
 
 
 # ------------------------------------------------------------------------------------------------ the engine
+def _settle(fut: asyncio.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    if fut.done():  # cancelled: the client went away
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
 @dataclass
 class Upload:
     field: str
@@ -217,16 +227,100 @@ class Upload:
 
 
 class Engine:
-    """The model, the optional index searcher and the single worker thread that runs inference on them."""
+    """The model, the optional index searcher and the single worker thread that runs inference on them.
 
-    def __init__(self, model: Any, searcher: Any | None, index_dir: Path | None, max_pending: int):
+    Single-query requests (``/search``, ``/traverse``) go through :meth:`query`: a batch job enters the worker
+    queue when a query arrives (one per ``coalesce`` queued queries), and when it starts it takes every query
+    queued by then (at most ``coalesce``), encodes them in one model call and runs each request's own work on its
+    point. No added latency when the server is idle, far fewer model calls under load, and a query waits in the
+    worker queue once, in arrival order with the other requests."""
+
+    def __init__(self, model: Any, searcher: Any | None, index_dir: Path | None, max_pending: int,
+                 coalesce: int = 64):
         self.model = model
         self.searcher = searcher
         self.index_dir = index_dir
         self.max_pending = int(max_pending)
+        self.coalesce = max(1, int(coalesce))
         self.pending = 0
         self._executor: ThreadPoolExecutor | None = None
         self.counts = searcher.store.counts() if searcher is not None else None
+        self._lock = threading.Lock()  # the queues are shared by the event loop and the worker thread
+        self._queues: dict[str, list[tuple[Any, Callable, asyncio.Future]]] = {"text": [], "image": []}
+        self._waiting: dict[str, int] = {"text": 0, "image": 0}  # batch jobs submitted, not started
+        #: batched model calls made for :meth:`query` and the queries they carried
+        self.encode_stats = {"calls": 0, "queries": 0}
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def query(self, modality: str, item: Any, then: Callable[[torch.Tensor], Any]) -> Any:
+        """Encode one text (``modality="text"``) or RGB PIL image (``"image"``) into a (1, D) point ``x`` and
+        return ``then(x)``, both in the inference thread; 503 when the queue is full. An exception from the model
+        or from ``then`` fails this query alone."""
+        self._check_room()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            self._queues[modality].append((item, then, fut))
+        self._ensure_jobs(modality, loop)
+        return await fut
+
+    def _ensure_jobs(self, modality: str, loop: asyncio.AbstractEventLoop) -> None:
+        """(event loop) Submit batch jobs until the queued queries fit in the jobs waiting for the worker."""
+        while True:
+            with self._lock:
+                if len(self._queues[modality]) <= self._waiting[modality] * self.coalesce:
+                    return
+                self._waiting[modality] += 1
+            self.pending += 1
+            cf = self.executor.submit(self._batch_job, modality, loop)
+            cf.add_done_callback(lambda _: loop.call_soon_threadsafe(self._job_done))
+
+    def _job_done(self) -> None:
+        self.pending -= 1
+
+    def _batch_job(self, modality: str, loop: asyncio.AbstractEventLoop) -> None:
+        """(worker) Take up to ``coalesce`` queued queries, answer them, settle their futures on the loop."""
+        with self._lock:
+            queue = self._queues[modality]
+            batch = queue[:self.coalesce]
+            del queue[:len(batch)]
+            self._waiting[modality] -= 1
+            short = len(queue) > self._waiting[modality] * self.coalesce
+        if short:  # more arrived than the waiting jobs will take
+            loop.call_soon_threadsafe(self._ensure_jobs, modality, loop)
+        batch = [q for q in batch if not q[2].done()]  # skip queries whose client left
+        if not batch:
+            return
+        try:
+            outcomes = self._answer(modality, [(item, then) for item, then, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - never leave a request hanging
+            outcomes = [(False, exc)] * len(batch)
+        for (_, _, fut), (ok, value) in zip(batch, outcomes):
+            loop.call_soon_threadsafe(_settle, fut, value if ok else None, None if ok else value)
+
+    def _answer(self, modality: str, jobs: list[tuple[Any, Callable]]) -> list[tuple[bool, Any]]:
+        """(worker) One model call for all queries, then each query's ``then``; a failing batch call is retried
+        query by query so that one bad query fails alone."""
+        encode = self.model.encode_text if modality == "text" else self.model.encode_image
+        items = [item for item, _ in jobs]
+        try:
+            xs = encode(items)
+        except Exception as exc:  # noqa: BLE001 - one query: its error; several: isolate the bad one
+            if len(items) == 1:
+                return [(False, exc)]
+            return [self._answer(modality, [job])[0] for job in jobs]
+        self.encode_stats["calls"] += 1
+        self.encode_stats["queries"] += len(items)
+        out: list[tuple[bool, Any]] = []
+        for i, (_, then) in enumerate(jobs):
+            try:
+                out.append((True, then(xs[i:i + 1])))
+            except Exception as e:  # noqa: BLE001 - reported to this query's request
+                out.append((False, e))
+        return out
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -236,13 +330,17 @@ class Engine:
 
     async def run(self, fn, *args, **kwargs):
         """Run ``fn`` in the inference thread; queue behind earlier requests; 503 when the queue is full."""
-        if self.pending >= self.max_pending:
-            raise ApiError(503, "busy", f"server busy: {self.pending} requests already queued; retry later")
+        self._check_room()
         self.pending += 1  # only touched from the event loop
         try:
             return await asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
         finally:
             self.pending -= 1
+
+    def _check_room(self) -> None:
+        if self.pending + self.queued >= self.max_pending:
+            raise ApiError(503, "busy", f"server busy: {self.pending + self.queued} requests already queued; "
+                                        "retry later")
 
     def stop(self) -> None:
         if self._executor is not None:
@@ -299,14 +397,15 @@ _ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_upload_bytes: int = 8 * MB,
                max_batch: int = 256, max_k: int = 100, max_text_chars: int = 10_000,
                max_image_pixels: int = 25_000_000, max_pending: int = 1024, warmup: bool = True,
-               fast: bool = False) -> FastAPI:
+               fast: bool = False, coalesce: int = 64) -> FastAPI:
     """Build the service.
 
     ``model``: a loaded :class:`~hysac.model.HySAC`, a name/folder for :func:`~hysac.model.load_model`, or None
     (the model recorded in the index, else the shipped default). ``index_dir``: an index built with that model
     (optional; without it ``/search`` answers 503 and ``/traverse`` shows no items). ``max_upload_bytes``: the
     largest request body (JSON, or all multipart parts together). ``max_batch``: most inputs per ``/classify``.
-    ``fast``: put the model on :func:`hysac.fast.optimize` (GPU when CUDA is available, else the CPU fast path).
+    ``coalesce``: most single queries (``/search``, ``/traverse``) encoded in one model call when they arrive
+    together (1: one call per query). ``fast``: put the model on :func:`hysac.fast.optimize` (GPU when CUDA is available, else the CPU fast path).
     Raises :class:`~hysac.errors.HySACError` for a model/index that cannot be served (no bounds, mismatch).
     """
     index_path = Path(index_dir) if index_dir is not None else None
@@ -326,12 +425,14 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
             warnings.simplefilter("ignore")  # a missing/stale FAISS file is rebuilt in memory, once, here
             for mod in searcher.modalities:
                 searcher.faiss_index(mod)
-    engine = Engine(m, searcher, index_path, max_pending)
+    if isinstance(coalesce, bool) or int(coalesce) != coalesce or coalesce < 1:
+        raise InputError(f"coalesce must be a positive integer, got {coalesce!r}")
+    engine = Engine(m, searcher, index_path, max_pending, coalesce=coalesce)
     if warmup:
         m.encode_text(["warm up"])
     limits = {"max_upload_bytes": int(max_upload_bytes), "max_batch": int(max_batch), "max_k": int(max_k),
               "max_text_chars": int(max_text_chars), "max_image_pixels": int(max_image_pixels),
-              "max_pending": int(max_pending)}
+              "max_pending": int(max_pending), "coalesce": int(coalesce)}
     thresholds = {mod: float(m.unsafe_threshold(mod)) for mod in ("text", "image")}
     db_path = index_path / "items.sqlite" if index_path is not None else None
 
@@ -526,9 +627,6 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
             raise ApiError(422, "empty_query", "empty query: give 'text' or upload an image")
         return "text", check_text(body.text, "query text"), None
 
-    def encode(modality: str, text: str | None, pil: Any) -> torch.Tensor:
-        return m.encode_text([text]) if modality == "text" else m.encode_image([pil])
-
     # ------------------------------------------------------------------------------------------- routes
     @app.get("/health", response_model=HealthResponse, tags=["service"])
     async def health():
@@ -543,7 +641,8 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                           "categories": m.category_head is not None, "device": str(m.device),
                           "fast_path": app.state.fast},
                 "index": index, "modes": ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"],
-                "limits": limits, "pending": engine.pending}
+                "limits": limits, "pending": engine.pending + engine.queued,
+                "encode_batching": dict(engine.encode_stats)}
 
     @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, tags=["safety"],
               openapi_extra=_body_spec(ClassifyRequest, {"texts": {"type": "array", "items": {"type": "string"}},
@@ -597,14 +696,13 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         modality, text, up = await one_query(body, uploads)
         pil = (await decode_images([up]))[0] if up is not None else None
 
-        def job():
-            x = encode(modality, text, pil)
+        def job(x: torch.Tensor):
             info = query_info(x, modality, text, up.filename if up is not None else None)
             res = engine.searcher.search(x, k=body.k, mode=body.mode, modality=body.modality, rerank=body.rerank,
                                          query_modality=modality)[0]
             return info, [result_dict(r) for r in res]
 
-        info, results = await engine.run(job)
+        info, results = await engine.query(modality, text if modality == "text" else pil, job)
         return JSONResponse(_clean({"query": info, "mode": body.mode, "k": body.k, "modality": body.modality,
                                     "rerank": body.rerank, "results": results,
                                     "took_ms": (time.perf_counter() - t0) * 1e3}))
@@ -628,8 +726,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         s = engine.searcher
         target = body.target or ("image" if s is None or s.n.get("image", 0) > 0 else "text")
 
-        def job():
-            x = encode(modality, text, pil)
+        def job(x: torch.Tensor):
             info = query_info(x, modality, text, up.filename if up is not None else None)
             if body.tau is not None:
                 tau = float(body.tau)
@@ -681,7 +778,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                     "results_before": [result_dict(r) for r in rb], "results_after": [result_dict(r) for r in ra],
                     "plot": {"curvature": c, "points": points, "rings": rings}}
 
-        out = await engine.run(job)
+        out = await engine.query(modality, text if modality == "text" else pil, job)
         out["took_ms"] = (time.perf_counter() - t0) * 1e3
         return JSONResponse(_clean(out))
 

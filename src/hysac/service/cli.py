@@ -28,6 +28,8 @@ def serve_command(
                                       "often faster for small models on a busy machine)."),
     keep_alive: int = typer.Option(30, "--keep-alive", help="Seconds an idle keep-alive connection stays open."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
+    coalesce: int = typer.Option(64, "--coalesce", help="Most concurrent single queries (/search, /traverse) encoded "
+                                                         "in one model call (1: one call per query)."),
     fast: bool = typer.Option(False, "--fast", help="Fast inference path (hysac.fast: GPU when CUDA is available, "
                                                     "else CPU; same scores to float/bf16 tolerance)."),
 ) -> None:
@@ -38,8 +40,8 @@ def serve_command(
 
     if not 0 <= port <= 65535:
         raise InputError(f"port must be in 0..65535, got {port}")
-    if max_upload_mb <= 0 or max_batch < 1 or max_k < 1:
-        raise InputError("--max-upload-mb, --max-batch and --max-k must be positive")
+    if max_upload_mb <= 0 or max_batch < 1 or max_k < 1 or coalesce < 1:
+        raise InputError("--max-upload-mb, --max-batch, --max-k and --coalesce must be positive")
     if index is not None and not index.exists():
         raise InputError(f"index not found: {index}")
     if torch_threads is not None:
@@ -49,7 +51,7 @@ def serve_command(
 
         torch.set_num_threads(torch_threads)
     app = create_app(model, index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch,
-                     max_k=max_k, fast=fast)
+                     max_k=max_k, fast=fast, coalesce=coalesce)
     where = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
     typer.echo(f"hysac serve: model {app.state.engine.model.model_id}"
                + (f" (fast path: {app.state.fast['path']})" if app.state.fast else "")

@@ -178,3 +178,4 @@ class HealthResponse(BaseModel):
     modes: list[str]
     limits: dict[str, Any]
     pending: int
+    encode_batching: dict[str, int] = {}

@@ -48,14 +48,30 @@ def _dist() -> tuple[int, int]:
 
 
 def _gather_negatives(x: Tensor, mask: Tensor, world: int) -> tuple[Tensor, Tensor] | None:
-    """All rows of the other processes (differentiable all_gather), with their masks."""
+    """All rows of the other processes, with their masks, as extra negatives for this process's loss.
+
+    The gathered rows carry no gradient (open_clip's default, ``gather_with_grad=False``): each process's
+    gradient flows through its own rows, and the all-reduce of the gradients combines them. A differentiable
+    gather would also issue collectives in the backward pass, in an order that depends on each process's graph
+    (which rows it happens to hold), and processes whose orders differ deadlock.
+
+    Processes may hold different numbers of rows (a global batch that does not divide by the world size): rows are
+    padded to the largest count with masked-out zeros before gathering. (N,D), (N,) → (M,D), (M,)."""
     if world == 1:
         return None
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
 
     rank = dist.get_rank()
-    xs = all_gather(x.contiguous())
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    top = int(max(int(n) for n in sizes))
+    pad = top - x.shape[0]
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        mask = torch.cat([mask, mask.new_zeros(pad)])
+    x = x.detach().contiguous()
+    xs = [torch.zeros_like(x) for _ in range(world)]
+    dist.all_gather(xs, x)
     ms = [torch.zeros_like(mask) for _ in range(world)]
     dist.all_gather(ms, mask.contiguous())
     others = [i for i in range(world) if i != rank]
@@ -111,7 +127,7 @@ class Featurizer:
         image = torch.cat(imf) if imf else torch.zeros(0, bb.image_base_dim)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes of one torchrun job write alike
             save_file({"text": text.contiguous(), "image": image.contiguous()}, str(tmp))
             tmp.replace(path)
         return text, image
@@ -420,10 +436,19 @@ class Trainer:
             return
         import torch.distributed as dist
 
-        for p in self.model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        # every trainable tensor takes part (zeros where this process computed no gradient, e.g. the category
+        # head when its share of the batch has no unsafe row), in one flat all-reduce, so that the processes
+        # always agree on what is reduced
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+            offset += n
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def _ckpt_dir(self) -> Path:
@@ -504,8 +529,8 @@ class Trainer:
         im = enc(self.feat.image, es.image_idx, self.model.lift_image)
         pt = enc(self.feat.text, es.pair_text, self.model.lift_text)
         pi = enc(self.feat.image, es.pair_image, self.model.lift_image)
-        res: dict[str, Any] = {"curvature": c, "textual_alpha": float(self.model.textual_alpha.exp()),
-                               "visual_alpha": float(self.model.visual_alpha.exp())}
+        res: dict[str, Any] = {"curvature": c, "textual_alpha": float(self.model.textual_alpha.detach().exp()),
+                               "visual_alpha": float(self.model.visual_alpha.detach().exp())}
         # retrieval between captions and images (pairs), both directions
         if len(pt) > 1:
             sim = pt @ pi.T if euclid else -L.pairwise_dist(pt, pi, c)
@@ -618,9 +643,9 @@ class Trainer:
                 self.state["global_step"] += 1
                 rec = {"step": self.state["global_step"], "epoch": ep, "lr": self.scheduler.get_last_lr()[0],
                        "loss": float(loss.detach()), **logs, "curvature": self.model.curvature,
-                       "visual_alpha": float(self.model.visual_alpha.exp()),
-                       "textual_alpha": float(self.model.textual_alpha.exp()),
-                       "logit_scale": float(self.model.logit_scale.exp())}
+                       "visual_alpha": float(self.model.visual_alpha.detach().exp()),
+                       "textual_alpha": float(self.model.textual_alpha.detach().exp()),
+                       "logit_scale": float(self.model.logit_scale.detach().exp())}
                 self._log_jsonl(rec)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", c=f"{self.model.curvature:.3f}")
                 if ck_every and self.state["global_step"] % ck_every == 0:
