@@ -230,3 +230,21 @@ def test_index_build_with_a_gpu_path_model_decodes_in_workers_and_names_bad_file
     ref = plain.encode_image(paths).numpy()
     cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= COS_MIN
+
+
+def test_classify_images_hands_paths_to_a_gpu_path_model_and_names_bad_files(clip_folder, jpegs, tmp_path):
+    from hysac.classify import classify_images
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG broken")
+    paths = list(jpegs[:9]) + [bad] + list(jpegs[9:15])
+    plain = _model(clip_folder)
+    plain.bounds = None
+    ref = classify_images(plain, paths, threshold=1.0, chunk=4)
+    m = fast.optimize_for_gpu(copy.deepcopy(plain), device="cpu", workers=2)
+    assert fast.decodes_files(m) and not fast.decodes_files(plain)
+    got = classify_images(m, paths, threshold=1.0, chunk=4)
+    assert [r.error is None for r in got] == [r.error is None for r in ref] == [True] * 9 + [False] + [True] * 6
+    assert "broken.png" in got[9].error
+    assert [r.score for r in got if r.error is None] == pytest.approx([r.score for r in ref if r.error is None],
+                                                                      rel=DIST_RTOL)

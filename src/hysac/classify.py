@@ -83,16 +83,35 @@ def classify_texts(model: HySAC, items: Sequence[str | tuple[str, str | None]], 
 
 
 def classify_images(model: HySAC, paths: Sequence[str | Path], threshold: float | None = None,
-                    batch_size: int = 32) -> list[Classification]:
-    """Classify image files; unreadable ones get a per-input error naming the file."""
+                    batch_size: int = 32, chunk: int = 256) -> list[Classification]:
+    """Classify image files; unreadable ones get a per-input error naming the file.
+
+    Files are decoded ``chunk`` at a time (memory stays bounded for any number of files). A model on the GPU fast
+    path gets the paths themselves (it decodes them in its loader processes); a chunk with a bad file is then
+    decoded here, file by file, so that the error names it."""
+    from .fast import decodes_files
+
     results = [Classification(input=str(p), modality="image") for p in paths]
-    images, ok = [], []
-    for i, p in enumerate(paths):
-        try:
-            images.append(load_image(p))
-            ok.append(i)
-        except InputError as e:
-            results[i].error = str(e)
-    emb = model.encode_image(images, batch_size=batch_size)
-    _fill(model, results, ok, emb, "image", threshold)
+    in_model = decodes_files(model)
+    for start in range(0, len(paths), max(1, int(chunk))):
+        part = list(range(start, min(start + max(1, int(chunk)), len(paths))))
+        if in_model:
+            try:
+                emb = model.encode_image([paths[i] for i in part], batch_size=max(batch_size, len(part)))
+            except InputError:
+                pass  # a bad file in this chunk: decode below, one by one
+            else:
+                _fill(model, results, part, emb, "image", threshold)
+                continue
+        images, ok = [], []
+        for i in part:
+            try:
+                images.append(load_image(paths[i]))
+                ok.append(i)
+            except InputError as e:
+                results[i].error = str(e)
+        if ok:
+            emb = model.encode_image(images, batch_size=batch_size)
+            _fill(model, results, ok, emb, "image", threshold)
+        del images
     return results

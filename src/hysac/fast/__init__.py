@@ -20,7 +20,7 @@ from .text import *  # noqa: F401,F403 - encode_text_fast, length_sorted_batches
 from .cpu import optimize_for_cpu
 from .gpu import optimize_for_gpu
 
-__all__ = sorted({"describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__, *text.__all__})
+__all__ = sorted({"decodes_files", "describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__, *text.__all__})
 
 
 def optimize(model, device: str | torch.device | None = None, **options):
@@ -47,3 +47,9 @@ def describe(model) -> dict | None:
         if info is not None:
             return {"path": path, **info}
     return None
+
+
+def decodes_files(model) -> bool:
+    """True when ``model.encode_image`` decodes file paths itself in parallel loader processes (the GPU fast
+    path): callers holding paths should pass them as they are instead of decoding images first."""
+    return "_fast_gpu" in getattr(model, "__dict__", {})

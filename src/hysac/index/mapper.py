@@ -111,7 +111,9 @@ class Mapper:
         self.text_batch_size = max(1, int(text_batch_size))
         self.image_batch_size = max(1, int(image_batch_size))
         #: a model on the GPU fast path decodes files in its own loader processes: give it paths, whole batches
-        self.decode_in_model = "_fast_gpu" in getattr(model, "__dict__", {})
+        from ..fast import decodes_files
+
+        self.decode_in_model = decodes_files(model)
         if self.decode_in_model:
             self.image_batch_size = max(self.image_batch_size, self.text_batch_size)
         self._thresholds: dict[str, float | None] = {}
