@@ -21,14 +21,15 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1m": os.getloadavg()[0],
     }
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -36,6 +37,22 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def versions(*modules: str) -> dict:
+    """``{module: __version__}`` (None for a module that is missing); ``"hysac"`` reads the installed metadata."""
+    out: dict = {}
+    for mod in modules:
+        try:
+            if mod == "hysac":
+                from importlib.metadata import version
+
+                out[mod] = version("hysac")
+            else:
+                out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing or odd package is reported as None
+            out[mod] = None
+    return out
 
 
 def write(name: str, payload: dict, markdown: str) -> None:

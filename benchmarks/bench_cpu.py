@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COS_MIN = 0.999
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, labels = load_texts(args.texts or None)
     base_model, model_info = build_model(args.model)
     results: dict = {"machine": machine(), "model": model_info, "load": load_info}
-    results["machine"].update(_versions())
+    results["machine"].update(versions("transformers", "onnxruntime", "onnx", "numpy", "PIL"))
     results["definitions"] = {
         "baseline": "fp32 eager, torch.no_grad, default threads, texts in input order in batches of 32 padded to "
                     "max_length=128; images in batches of 32 decoded in the calling thread",
@@ -402,16 +402,6 @@ def _copy_model(model, name: str):
         return copy.deepcopy(model)
     except Exception:  # noqa: BLE001 - e.g. a tokenizer that does not deep-copy: load another
         return build_model(name)[0]
-
-
-def _versions() -> dict:
-    out = {}
-    for mod in ("transformers", "onnxruntime", "onnx", "numpy", "PIL"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = None
-    return out
 
 
 def render_md(r: dict) -> str:

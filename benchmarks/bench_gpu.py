@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COS_MIN = 0.999
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out or RESULTS)
 
     info = machine()
-    info.update(_versions())
+    info.update(versions("transformers", "peft", "numpy", "PIL"))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_mem_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
@@ -574,16 +574,6 @@ def _free(device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _versions() -> dict:
-    out = {}
-    for mod in ("transformers", "peft", "numpy", "PIL"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = None
-    return out
 
 
 def render_md(r: dict) -> str:

@@ -38,7 +38,10 @@ import numpy as np
 import torch
 
 import faiss
-from hysac import lorentz as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name, versions  # noqa: E402
+from hysac import lorentz as L  # noqa: E402
 from hysac.index.ann import (
     AnnConfig,
     lorentz_distance_fp64,
@@ -122,14 +125,7 @@ def recall_at(got: np.ndarray, ref: np.ndarray) -> float:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -137,12 +133,7 @@ def machine_info() -> dict:
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
-    try:
-        from importlib.metadata import version
-
-        hysac_v = version("hysac")
-    except Exception:
-        hysac_v = "unknown"
+    hysac_v = versions("hysac")["hysac"] or "unknown"
     return {
         "platform": platform.platform(),
         "cpu": cpu,

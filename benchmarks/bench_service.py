@@ -31,6 +31,9 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name, versions  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"]
 WORDS = ("a cat dog car street market knife blood gun park lake coffee train child football night weapon drugs "
@@ -295,20 +298,8 @@ def environment() -> dict:
     import torch
     import uvicorn
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        hysac_v = version("hysac")
-    except Exception:  # noqa: BLE001
-        hysac_v = "?"
+    cpu = cpu_name()
+    hysac_v = versions("hysac")["hysac"] or "?"
     return {"date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
                         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},

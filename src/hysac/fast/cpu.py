@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .text import check_batch_size, encode_text_fast, length_sorted_batches, progress_bar
+from .text import check_batch_size, encode_text_fast, progress_bar
 
 __all__ = [
     "FusedEfficientNetLite",
