@@ -214,7 +214,9 @@ def _unpatch(model) -> None:
 
 def _encode_text_method(model, texts, *, project: bool = True, batch_size: int | None = None,
                         progress: bool = False, default_batch: int = TEXT_BATCH) -> Tensor:
-    return encode_text_fast(model, texts, project=project, batch_size=batch_size or default_batch,
+    # a caller's batch size is a memory bound, not a request for padding: length buckets never exceed the tuned
+    # default (callers such as the index mapper pass large chunks, which would be padded to their longest text)
+    return encode_text_fast(model, texts, project=project, batch_size=min(batch_size or default_batch, default_batch),
                             progress=progress)
 
 
