@@ -139,8 +139,10 @@ def test_pixel_batches_names_a_bad_file(clip_folder, jpegs, tmp_path):
 def test_optimize_for_gpu_on_cpu_merges_casts_and_stays_within_bf16_tolerance(clip_folder, jpegs, texts):
     plain = _model(clip_folder)
     ref_img, ref_txt = plain.encode_image(jpegs), plain.encode_text(texts)
-    m = fast.optimize_for_gpu(copy.deepcopy(plain), device="cpu", workers=2, image_batch_size=8,
-                              text_batch_size=8)
+    fresh = copy.deepcopy(plain)
+    fresh._model_id = None  # nothing cached: the id must still be that of the weights as loaded
+    m = fast.optimize_for_gpu(fresh, device="cpu", workers=2, image_batch_size=8, text_batch_size=8)
+    assert m.model_id == plain.model_id  # indexes built on the fast path open with the plain model
     info = fast.describe(m)
     assert info["path"] == "gpu" and info["weights"] == "bf16" and info["lora_merged"]
     assert info["attention"] == ["sdpa", "sdpa"]

@@ -105,6 +105,8 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
     bb = model.backbone
     if hasattr(bb, "set_inference_engines"):
         bb.set_inference_engines(None, None)  # CPU engines do not apply on this path
+    # the identity indexes record is that of the weights as loaded: fix it before merging / casting them
+    model.model_id  # noqa: B018 - computes and caches
     model.eval()
     merged = False
     if merge_lora and getattr(bb, "lora", None):
