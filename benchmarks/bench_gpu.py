@@ -36,6 +36,8 @@ times the fast step at ``--fast-train-batch`` quadruplets per step (throughput o
     python benchmarks/bench_gpu.py --tiny --out /tmp/g   # CPU smoke test: tiny towers, few iterations
 
 ``--tiny`` numbers are NOT GPU numbers; the tiny run never writes to ``benchmarks/results`` unless told to.
+After each section the numbers so far are written to ``gpu.partial.json`` (removed when the run completes), so a
+run stopped by a time limit still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -514,13 +516,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": info, "tiny": tiny, "device": str(device), "arch": args.arch_name,
                      "settings": {k: v for k, v in vars(args).items() if k not in ("out",)}}
     t_all = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "gpu.partial.json"
+
+    def checkpoint() -> None:
+        """What is measured so far, in case a later section outlives the run's time limit."""
+        partial.write_text(json.dumps(results, indent=2))
+
     inf, fast_model = run_inference(args, arch, device)
     results["inference"] = inf
+    checkpoint()
     # the later sections must not lose what was measured before them (one-shot runs on a borrowed GPU)
     if not args.no_e2e:
         log("end-to-end JPEG path")
         results["e2e"] = _guarded("e2e", lambda: run_e2e(args, arch, device, fast_model,
                                                          lambda: build_model(arch, "eager", device, seed=0).eval()))
+        checkpoint()
     del fast_model
     _free(device)
     if not args.no_train:
@@ -549,10 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                                     if isinstance(results.get(k), dict) and "error" in results[k]}}
     results["total_s"] = round(time.perf_counter() - t_all, 1)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "gpu.json").write_text(json.dumps(results, indent=2))
     md = render_md(results)
     (out_dir / "gpu.md").write_text(md)
+    partial.unlink(missing_ok=True)
     print(md)
     return 0 if results["checks"]["inference_passed"] else 1
 
