@@ -250,3 +250,16 @@ def test_classify_images_hands_paths_to_a_gpu_path_model_and_names_bad_files(cli
     assert "broken.png" in got[9].error
     assert [r.score for r in got if r.error is None] == pytest.approx([r.score for r in ref if r.error is None],
                                                                       rel=DIST_RTOL)
+
+
+def test_clip_length_sorted_batches_tokenise_once_like_the_tokenizer(clip_folder, texts):
+    bb = ClipBackbone.from_hub_or_folder(clip_folder)
+    order, batches = bb.length_sorted_batches(texts, 8)
+    assert sorted(order) == list(range(len(texts)))
+    widths = []
+    for start, tok in zip(range(0, len(order), 8), batches):
+        ref = bb.tokenize([texts[i] for i in order[start:start + 8]])
+        assert torch.equal(tok["input_ids"], ref["input_ids"])
+        assert torch.equal(tok["attention_mask"], ref["attention_mask"])
+        widths.append(tok["input_ids"].shape[1])
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # short texts are not padded to the longest

@@ -8,7 +8,7 @@ preprocessing (image transform, tokenizer), so the model never needs to know whi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -30,6 +30,40 @@ def check_texts(texts: str | Sequence[str]) -> list[str]:
         if not isinstance(t, str):
             raise InputError(f"text #{i} is {type(t).__name__}, not a string")
     return items
+
+
+def bucketed_token_batches(tokenizer, texts: Sequence[str], batch_size: int,
+                           max_length: int) -> "tuple[list[int], Iterator[dict[str, Tensor]]]":
+    """Tokenise ``texts`` once (truncated to ``max_length``) and batch them by token length.
+
+    Returns ``(order, batches)``: the text indices sorted by token count (stable), and an iterator of token dicts
+    (``input_ids``, ``attention_mask``, both (b,L) long) for ``texts[order[0:batch_size]]``, ... each padded with
+    the tokenizer's pad id to its own longest text — what ``tokenizer(group, padding=True)`` gives, without
+    tokenising twice."""
+    import numpy as np
+
+    texts = list(texts)
+    if not texts:
+        return [], iter(())
+    ids = tokenizer(texts, padding=False, truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(lengths, kind="stable").tolist()
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def gen() -> "Iterator[dict[str, Tensor]]":
+        for s in range(0, len(order), batch_size):
+            group = order[s:s + batch_size]
+            width = int(lengths[group[-1]])  # sorted: the last is the longest
+            input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, i in enumerate(group):
+                n = int(lengths[i])
+                input_ids[row, :n] = torch.as_tensor(ids[i], dtype=torch.long)
+                attention_mask[row, :n] = 1
+            yield {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    return order, gen()
 
 
 class Backbone(nn.Module, ABC):

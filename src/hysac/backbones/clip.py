@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, InputError
 from ..images import PixelSpec
 from . import register_backbone
-from .base import Backbone
+from .base import Backbone, bucketed_token_batches, check_texts
 
 #: the paper's LoRA recipe (spec §2.2)
 PAPER_LORA = {
@@ -212,6 +212,10 @@ class ClipBackbone(Backbone):
         self.visual.to(dtype)
         self.textual.to(dtype)
         return True
+
+    def length_sorted_batches(self, texts: Sequence[str], batch_size: int):
+        """Texts tokenised once and batched by token length (see :func:`~.base.bucketed_token_batches`)."""
+        return bucketed_token_batches(self.tokenizer, check_texts(texts), int(batch_size), self.max_length)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, InputError
 from ..images import PixelSpec, to_rgb
 from . import register_backbone
-from .base import Backbone, check_texts
+from .base import Backbone, bucketed_token_batches, check_texts
 
 TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
 IMAGE_MODEL_NAME = "efficientnet-lite0"
@@ -418,29 +418,8 @@ class MiniBackbone(Backbone):
         ``batches`` yields token dicts for ``texts[order[0:batch_size]]``, ``texts[order[batch_size:2*batch_size]]``,
         ... each exactly what :meth:`tokenize` returns for that group (padded to the group's longest text), so a
         batch holds texts of about the same length and little padding is computed."""
-        texts = check_texts(texts)
-        batch_size = _as_int("batch_size", batch_size, 1)
-        if not texts:
-            return [], iter(())
-        ids = self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(lengths, kind="stable").tolist()
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-
-        def gen() -> Iterator[dict]:
-            for s in range(0, len(order), batch_size):
-                group = order[s:s + batch_size]
-                width = int(lengths[group[-1]])  # sorted: the last is the longest
-                input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(group), width), dtype=torch.long)
-                for row, i in enumerate(group):
-                    n = int(lengths[i])
-                    input_ids[row, :n] = torch.as_tensor(ids[i], dtype=torch.long)
-                    attention_mask[row, :n] = 1
-                yield {"input_ids": input_ids, "attention_mask": attention_mask}
-
-        return order, gen()
+        return bucketed_token_batches(self.tokenizer, check_texts(texts), _as_int("batch_size", batch_size, 1),
+                                      self.max_length)
 
     # ------------------------------------------------------------------ features
     def text_base_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
