@@ -251,7 +251,11 @@ class HySAC(nn.Module):
     # --------------------------------------------------------------------------------------------- identity
     @property
     def model_id(self) -> str:
-        """Stable identifier (name + content hash of the weights a checkpoint stores); recorded by indexes."""
+        """Stable identifier (name + content hash of the weights a checkpoint stores); recorded by indexes.
+
+        Only the weights count, on purpose: they alone decide the embeddings an index stores. Bounds, thresholds
+        and the traversal rule are applied at query time, so re-fitting them needs no rebuild. Computed once and
+        cached: the fast paths fix it before merging LoRA or casting weights."""
         if self._model_id is None:
             h = hashlib.sha256()
             for k, v in sorted(self.checkpoint_state_dict().items()):
