@@ -199,12 +199,17 @@ def info_command(
 
 
 def _read_text_file(path: Path) -> list[str]:
-    try:
-        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise InputError(f"query file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read query file {path}: {e}") from None
+    """Query lines of ``path`` (blank lines skipped); a line that is not UTF-8 stops the search with an error
+    naming ``file:line`` (the per-line reader ``hysac classify`` uses)."""
+    from ..classify import read_text_lines
+
+    queries = []
+    for text, err in read_text_lines(path):
+        if err is None:
+            queries.append(text)
+        elif text:  # not a blank line: undecodable
+            raise InputError(f"query file {err}")
+    return queries
 
 
 def _print_tables(results: list[Any]) -> None:
