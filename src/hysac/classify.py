@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .errors import InputError
 from .images import load_image
-from .model import HySAC
 from .safety import CATEGORIES
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only (the index CLI reads query files without the model)
+    from .model import HySAC
 
 
 @dataclass
