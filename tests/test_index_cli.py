@@ -162,3 +162,15 @@ def test_resume_keeps_ann(tmp_path, cli):
     assert json.loads(r.stdout)["skipped"] == 6 and cli.loaded[-1] == "fake-a"
     info = json.loads((out / "index.json").read_text())
     assert info["ann"]["type"] == "hnsw" and info["faiss"]["text"]["kind"] == "hnsw"
+
+
+def test_search_query_file_blank_lines_skipped_bad_line_named(tmp_path, cli, built):
+    out, _ = built
+    q = tmp_path / "q.txt"
+    q.write_bytes(b"a cat\n\n   \na weapon\n")
+    r = cli("search", "--index", out, "--text-file", q, "--json", "-k", 2)
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line)["query"] for line in r.stdout.splitlines()] == ["a cat", "a weapon"]
+    q.write_bytes(b"a cat\n\xff\xfe broken\n")
+    r = cli("search", "--index", out, "--text-file", q)
+    assert r.exit_code == 2 and "q.txt:2" in _err(r) and "UTF-8" in _err(r)
