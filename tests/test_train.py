@@ -165,3 +165,34 @@ def test_torchrun_two_processes_stay_in_step(tmp_path, clip_folder):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "step" in r] == [1, 2, 3]  # one writer
     assert (out / "checkpoints" / "last").is_dir()
+
+
+def test_paper_clip_config_trains_on_visu_layout(tmp_path, clip_folder):
+    """``configs/hysac-clip-vit-l-14.yaml`` (the paper's recipe on the fast path) is valid and trains end to end
+    on ViSU-layout quadruplets — here tiny towers, a few synthetic quadruplets and the compile backend 'eager'."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    coco, visu = tmp_path / "coco", tmp_path / "visu"
+    items = {}
+    for i in range(6):
+        for folder, name, colour in ((coco / "val2017", f"{i:012d}.jpg", (0, 40 * i, 200)),
+                                     (visu / "nsfw", f"{i}.jpg", (200, 40 * i, 0))):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), colour).save(folder / name)
+        items[str(i)] = {"coco_id": i, "nsfw_im_path": f"nsfw/{i}.jpg", "safe": f"a dog number {i} in a park",
+                         "nsfw": f"a dog number {i} covered in blood", "tag": "violence"}
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.json").write_text(json.dumps(items))
+    cfg = load_config(root / "configs" / "hysac-clip-vit-l-14.yaml", [
+        f"out_dir={tmp_path / 'run'}", f"data.visu_train={tmp_path / 'train.json'}",
+        f"data.visu_val={tmp_path / 'val.json'}", f"data.visu_test={tmp_path / 'test.json'}",
+        f"data.coco_root={coco}", f"data.visu_root={visu}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.batch.quad=4", "optim.epochs=1", "perf.compile_backend=eager", f"backbone.source={clip_folder}",
+        "backbone.lora.r=4"])
+    assert cfg["perf"]["compile"] is True and cfg["select_metric"] == "recall_sum"
+    res = run_training(cfg)
+    assert res["global_step"] == 2 and res["objective"] == "hysac"
+    assert "recall_sum" in res["val"] and (tmp_path / "run" / "model" / "model.safetensors").is_file()
