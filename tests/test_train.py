@@ -196,3 +196,23 @@ def test_paper_clip_config_trains_on_visu_layout(tmp_path, clip_folder):
     res = run_training(cfg)
     assert res["global_step"] == 2 and res["objective"] == "hysac"
     assert "recall_sum" in res["val"] and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_loader_workers_decode_training_images_in_processes_with_the_same_losses(tmp_path, clip_folder):
+    """Towers trained end to end read their images through the loader pool (decoding the next step meanwhile):
+    same steps, losses equal to the in-process decoding path to float rounding."""
+    lora = {**TINY_LORA, "lora_dropout": 0.0}
+
+    def run(out, workers):
+        cfg = _cfg(tmp_path, clip_folder, out, max_steps=4, **{"perf.loader_workers": workers})
+        cfg["backbone"]["lora"] = lora
+        run_training(cfg)
+        return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+
+    here = run(tmp_path / "w0", 0)
+    pool = run(tmp_path / "w2", 2)
+    assert len(here) == len(pool) == 4
+    assert pool == pytest.approx(here, rel=1e-4)
+    with pytest.raises(InputError, match="loader_workers"):
+        load_config(None, ["perf.loader_workers=-1"])

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..images import ImageLike, PixelSpec, load_image
 
-__all__ = ["decode_chunk", "default_workers", "pixel_batches", "shutdown_pools"]
+__all__ = ["decode_chunk", "decode_uint8", "default_workers", "pixel_batches", "shutdown_pools"]
 
 #: images decoded per worker task (small, so that a few hundred images still spread over all workers)
 CHUNK = 32
@@ -119,6 +119,24 @@ def _chunks_pool(items: Sequence[ImageLike], spec: PixelSpec, chunk: int, worker
                                "the loader processes were restarted") from None
         submit()
         yield out
+
+
+def decode_uint8(items: Sequence[ImageLike], spec: PixelSpec, *, workers: int = 0, chunk: int = 8) -> Tensor:
+    """All ``items`` as one (N,3,H,W) ``uint8`` CPU tensor in input order, decoded in ``workers`` loader processes
+    (0: here). A bad item raises :class:`InputError` naming it."""
+    n = len(items)
+    if n == 0:
+        return torch.zeros(0, 3, *spec.crop, dtype=torch.uint8)
+    chunk = max(1, min(int(chunk), math.ceil(n / max(1, workers))))
+    parts = (_chunks_pool(items, spec, chunk, workers, prefetch=2) if workers and n > chunk
+             else _chunks_local(items, spec, chunk))
+    out = []
+    for indices, pixels, errors in parts:
+        if errors:
+            i, msg = errors[0]
+            raise InputError(f"image #{i}: {msg}")
+        out.append(pixels)
+    return torch.cat(out)
 
 
 def pixel_batches(items: Sequence[ImageLike], spec: PixelSpec, *, device: torch.device | str = "cpu",

@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "grad_checkpointing": False,  # activation checkpointing in trainable towers: true, or N = every N-th layer
         "detect_anomaly": False,  # autograd anomaly detection (very slow; the official code leaves it on)
         "fused_adamw": "auto",  # "auto": fused AdamW kernels on CUDA; true / false to force
+        "loader_workers": "auto",  # image decoding processes for towers trained end to end ("auto": one per CPU
+        # on a GPU, 0 on the CPU); the next step's images are decoded while the current one trains
     },
     "device": "auto",
     "cache_features": True,  # frozen towers: encode the pools once and train the heads on the cache
@@ -147,6 +149,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for key in ("compile", "detect_anomaly"):
         if not isinstance(perf.get(key), bool):
             raise InputError(f"perf.{key} must be true or false, got {perf.get(key)!r}")
+    lw = perf.get("loader_workers")
+    if lw != "auto" and (isinstance(lw, bool) or not isinstance(lw, int) or lw < 0):
+        raise InputError(f"perf.loader_workers must be auto or an integer >= 0, got {lw!r}")
     ck = perf.get("grad_checkpointing")
     if not isinstance(ck, bool) and not (isinstance(ck, int) and ck >= 1):
         raise InputError(f"perf.grad_checkpointing must be true, false or a layer interval >= 1, got {ck!r}")

@@ -87,9 +87,15 @@ class Featurizer:
     """
 
     def __init__(self, model: HySAC, data: TrainData, cache_dir: Path | None, use_cache: bool, device,
-                 text_memo: dict[str, Tensor] | None = None):
+                 text_memo: dict[str, Tensor] | None = None, loader_workers: int = 0):
         self.model, self.data, self.device = model, data, device
         self.text_memo = text_memo or {}
+        # images of the uncached path: decoded in loader processes, the next step's while this one trains
+        spec = model.backbone.pixel_spec()
+        self.loader_workers = int(loader_workers) if spec is not None else 0
+        self._spec = spec
+        self._decoder = None  # one background thread that feeds the loader pool
+        self._decoded: dict[tuple[int, ...], Any] = {}  # image index tuple → Future of uint8 pixels
         bb = model.backbone
         frozen = not any(p.requires_grad for n, p in bb.named_parameters() if "head" not in n)
         self.cached = bool(use_cache and frozen and hasattr(bb, "text_base_features"))
@@ -147,8 +153,40 @@ class Featurizer:
             return torch.zeros(0, bb.embed_dim, device=self.device)
         if self.cached:
             return bb.head_image(self.image_cache[idx.cpu()].to(self.device))
-        pix = bb.preprocess_images([load_image(self.data.images[i]) for i in idx.tolist()])
-        return bb.image_features(pix.to(self.device))
+        if self.loader_workers:
+            key = tuple(idx.tolist())
+            fut = self._decoded.get(key) or self._submit(key)
+            u8 = fut.result()
+            pix = self._spec.normalize(u8.to(self.device, non_blocking=True))
+        else:
+            pix = bb.preprocess_images([load_image(self.data.images[i]) for i in idx.tolist()]).to(self.device)
+        return bb.image_features(pix)
+
+    def prefetch(self, keys: list[tuple[int, ...]]) -> None:
+        """Start decoding the images of a coming step (tuples of image indices, as :meth:`image` will get them);
+        decodes of earlier steps that were not asked for again are dropped."""
+        if not self.loader_workers or self.cached:
+            return
+        keep = {k: self._decoded[k] for k in keys if k in self._decoded}
+        for k in keys:
+            if k and k not in keep:
+                keep[k] = self._submit(k, store=False)
+        self._decoded = keep  # this step's (read again by the Safe-CLIP reference) and the next step's
+
+    def _submit(self, key: tuple[int, ...], store: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..fast.loader import decode_uint8
+
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hysac-train-images")
+        paths = [self.data.images[i] for i in key]
+        fut = self._decoder.submit(decode_uint8, paths, self._spec, workers=self.loader_workers)
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            fut = self._decoder.submit(lambda f=fut: f.result().pin_memory())
+        if store:
+            self._decoded[key] = fut
+        return fut
 
 
 def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor] | None = None) -> np.ndarray:
@@ -238,8 +276,13 @@ class Trainer:
         self.data = self._build_data()
         if len(self._text_memo) > n_memo:
             self._save_text_memo(cache_dir)
+        workers = (cfg.get("perf") or {}).get("loader_workers", "auto")
+        if workers == "auto":
+            from ..fast.loader import default_workers
+
+            workers = default_workers() if self.device.type == "cuda" else 0
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
-                               self._text_memo)
+                               self._text_memo, loader_workers=int(workers))
         self._text_memo = {}
         self.reference = None
         if cfg["objective"] == "safeclip":  # frozen copy of the initial encoders (Safe-CLIP's "original" model)
@@ -358,6 +401,15 @@ class Trainer:
             rows, ts_cats, is_cats = rows[sl], ts_cats[sl], is_cats[sl]
         return {"rows": torch.from_numpy(rows), "ts_cats": torch.from_numpy(ts_cats),
                 "is_cats": torch.from_numpy(is_cats)}
+
+    @staticmethod
+    def _image_keys(rows: Tensor) -> list[tuple[int, ...]]:
+        """The image index tuples :meth:`_embed` will ask the featurizer for (columns I and I*)."""
+        keys = []
+        for col in (1, 3):
+            idx = rows[:, col]
+            keys.append(tuple(torch.unique(idx[idx >= 0]).tolist()))
+        return keys
 
     def _embed(self, rows: Tensor, backbone=None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Euclidean features for the T, I, Ts, Is columns (zeros where absent) and masks."""
@@ -626,6 +678,9 @@ class Trainer:
                 s = self.state["step_in_epoch"]
                 torch.manual_seed(hash((self.seed, ep, s)) % 2**31)  # dropout stream independent of resume point
                 batch_rows = self._assemble(step_rows(self.data, batch, self.seed, ep, s, perm))
+                if self.feat.loader_workers and s + 1 < self.steps_per_epoch:  # decode the next step meanwhile
+                    nxt = self._assemble(step_rows(self.data, batch, self.seed, ep, s + 1, perm))
+                    self.feat.prefetch(self._image_keys(batch_rows["rows"]) + self._image_keys(nxt["rows"]))
                 with torch.autograd.set_detect_anomaly(bool(self.perf["detect_anomaly"])):
                     loss, logs = self._loss(batch_rows)
                     (loss / self.accum).backward()
