@@ -37,7 +37,7 @@ CHUNK = 32
 #: seconds one chunk may take before the pool is considered broken (a worker killed by the OS, say)
 CHUNK_TIMEOUT = 600.0
 
-_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+_POOLS: dict[tuple[int, int], "multiprocessing.pool.Pool"] = {}
 
 
 def default_workers() -> int:
@@ -62,7 +62,8 @@ def decode_chunk(start: int, items: Sequence[ImageLike], spec: PixelSpec) -> tup
 
 
 def _pool(workers: int):
-    pool = _POOLS.get(workers)
+    key = (os.getpid(), workers)  # a forked child of this process must not use the parent's pool
+    pool = _POOLS.get(key)
     if pool is None:
         import torch.multiprocessing as tmp
 
@@ -71,7 +72,7 @@ def _pool(workers: int):
         methods = multiprocessing.get_all_start_methods()
         ctx = tmp.get_context("fork" if "fork" in methods else "spawn")
         pool = ctx.Pool(workers, initializer=_worker_init)
-        _POOLS[workers] = pool
+        _POOLS[key] = pool
     return pool
 
 
@@ -80,9 +81,9 @@ def _worker_init() -> None:
 
 
 def shutdown_pools() -> None:
-    """Stop the loader processes (they are started again on demand)."""
-    while _POOLS:
-        _, pool = _POOLS.popitem()
+    """Stop this process's loader processes (they are started again on demand)."""
+    for key in [k for k in _POOLS if k[0] == os.getpid()]:
+        pool = _POOLS.pop(key)
         pool.terminate()
         pool.join()
 
