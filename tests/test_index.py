@@ -44,15 +44,7 @@ def _load_fake():
 fake = _load_fake()
 FakeModel = fake.FakeModel
 
-SAFE_TEXTS = [
-    "a cat on a sofa", "a dog in the park", "a red car on the road", "children playing football",
-    "a bowl of fruit", "a mountain lake at dawn", "a cat sleeping in the sun", "a dog with a ball",
-    "people at a market", "a train at the station", "a cup of coffee", "a city street at night",
-]
-UNSAFE_TEXTS = [
-    "a cat covered in blood", "a dog with a weapon", "gore on the road", "people who kill at the market",
-    "drugs on a table", "blood in the city street at night", "a weapon in the park", "a bowl of drugs",
-]
+from hysac.service.demo import SAFE_TEXTS, UNSAFE_TEXTS  # noqa: E402 - the demo gallery
 
 
 def write_csv(path: Path, texts: list[str]) -> Path:

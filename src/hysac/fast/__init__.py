@@ -17,8 +17,6 @@ from .cpu import *  # noqa: F401,F403 - optimize_for_cpu, restore_cpu_defaults, 
 from .gpu import *  # noqa: F401,F403 - optimize_for_gpu, encode_image_device, set_attention
 from .loader import *  # noqa: F401,F403 - pixel_batches
 from .text import *  # noqa: F401,F403 - encode_text_fast, length_sorted_batches
-from .cpu import optimize_for_cpu
-from .gpu import optimize_for_gpu
 
 __all__ = sorted({"decodes_files", "describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__, *text.__all__})
 
@@ -36,8 +34,8 @@ def optimize(model, device: str | torch.device | None = None, **options):
     if dev.type == "cpu":
         if model.device.type != "cpu":
             model.to("cpu")
-        return optimize_for_cpu(model, **options)
-    return optimize_for_gpu(model, device=dev, **options)
+        return cpu.optimize_for_cpu(model, **options)
+    return gpu.optimize_for_gpu(model, device=dev, **options)
 
 
 def describe(model) -> dict | None:

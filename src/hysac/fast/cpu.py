@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .text import check_batch_size, encode_text_fast, progress_bar
+from .text import check_batch_size, patched_encode_text, progress_bar
 
 __all__ = [
     "FusedEfficientNetLite",
@@ -187,8 +187,7 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
     _unpatch(model)
     if patch_encode:
         # instance attributes shadow the class methods for this model only
-        object.__setattr__(model, "encode_text", functools.partial(
-            _encode_text_method, model, default_batch=int(text_batch_size)))
+        object.__setattr__(model, "encode_text", patched_encode_text(model, int(text_batch_size)))
         object.__setattr__(model, "encode_image", functools.partial(
             _encode_image_method, model, prefetch=bool(image_prefetch)))
     info["patched_encode"] = bool(patch_encode)
@@ -210,14 +209,6 @@ def restore_cpu_defaults(model):
 def _unpatch(model) -> None:
     for name in ("encode_text", "encode_image"):
         model.__dict__.pop(name, None)
-
-
-def _encode_text_method(model, texts, *, project: bool = True, batch_size: int | None = None,
-                        progress: bool = False, default_batch: int = TEXT_BATCH) -> Tensor:
-    # a caller's batch size is a memory bound, not a request for padding: length buckets never exceed the tuned
-    # default (callers such as the index mapper pass large chunks, which would be padded to their longest text)
-    return encode_text_fast(model, texts, project=project, batch_size=min(batch_size or default_batch, default_batch),
-                            progress=progress)
 
 
 def _encode_image_method(model, images, *, project: bool = True, batch_size: int = IMAGE_BATCH,

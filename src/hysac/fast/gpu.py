@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .loader import pixel_batches
-from .text import Collector, check_batch_size, encode_text_fast, progress_bar
+from .text import Collector, check_batch_size, patched_encode_text, progress_bar
 
 __all__ = ["ATTENTIONS", "PRECISIONS", "encode_image_device", "optimize_for_gpu", "set_attention"]
 
@@ -137,22 +137,13 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
     for name in ("encode_text", "encode_image"):
         model.__dict__.pop(name, None)
     if patch_encode:
-        object.__setattr__(model, "encode_text", functools.partial(
-            _encode_text, model, default_batch=text_batch_size, autocast=autocast))
+        object.__setattr__(model, "encode_text", patched_encode_text(model, text_batch_size, autocast))
         object.__setattr__(model, "encode_image", functools.partial(
             _encode_image, model, default_batch=image_batch_size, workers=workers, pin_memory=pin_memory,
             autocast=autocast))
     model.__dict__.pop("_fast_cpu", None)
     object.__setattr__(model, "_fast_gpu", info)
     return model
-
-
-def _encode_text(model, texts, *, project: bool = True, batch_size: int | None = None, progress: bool = False,
-                 default_batch: int = TEXT_BATCH, autocast=None) -> Tensor:
-    # a caller's batch size is a memory bound, not a request for padding: length buckets never exceed the tuned
-    # default (callers such as the index mapper pass large chunks, which would be padded to their longest text)
-    return encode_text_fast(model, texts, project=project, batch_size=min(batch_size or default_batch, default_batch),
-                            progress=progress, autocast=autocast)
 
 
 def _encode_image(model, images, *, project: bool = True, batch_size: int | None = None, progress: bool = False,

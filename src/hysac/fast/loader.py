@@ -122,6 +122,19 @@ def _chunks_pool(items: Sequence[ImageLike], spec: PixelSpec, chunk: int, worker
         yield out
 
 
+def _decoded_chunks(items: Sequence[ImageLike], spec: PixelSpec, chunk: int, workers: int,
+                    prefetch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(indices, uint8 pixels) per chunk, in input order, from the pool (``workers`` > 0) or this process; the
+    first bad item raises :class:`InputError` naming it."""
+    parts = _chunks_pool(items, spec, chunk, workers, prefetch) if workers else _chunks_local(items, spec, chunk)
+    for indices, pixels, errors in parts:
+        if errors:
+            i, msg = errors[0]
+            more = f" (and {len(errors) - 1} more in the same chunk)" if len(errors) > 1 else ""
+            raise InputError(f"image #{i}: {msg}{more}")
+        yield indices, pixels
+
+
 def decode_uint8(items: Sequence[ImageLike], spec: PixelSpec, *, workers: int = 0, chunk: int = 8) -> Tensor:
     """All ``items`` as one (N,3,H,W) ``uint8`` CPU tensor in input order, decoded in ``workers`` loader processes
     (0: here). A bad item raises :class:`InputError` naming it."""
@@ -129,15 +142,8 @@ def decode_uint8(items: Sequence[ImageLike], spec: PixelSpec, *, workers: int = 
     if n == 0:
         return torch.zeros(0, 3, *spec.crop, dtype=torch.uint8)
     chunk = max(1, min(int(chunk), math.ceil(n / max(1, workers))))
-    parts = (_chunks_pool(items, spec, chunk, workers, prefetch=2) if workers and n > chunk
-             else _chunks_local(items, spec, chunk))
-    out = []
-    for indices, pixels, errors in parts:
-        if errors:
-            i, msg = errors[0]
-            raise InputError(f"image #{i}: {msg}")
-        out.append(pixels)
-    return torch.cat(out)
+    workers = workers if n > chunk else 0
+    return torch.cat([px for _, px in _decoded_chunks(items, spec, chunk, workers, prefetch=2)])
 
 
 def pixel_batches(items: Sequence[ImageLike], spec: PixelSpec, *, device: torch.device | str = "cpu",
@@ -162,15 +168,10 @@ def pixel_batches(items: Sequence[ImageLike], spec: PixelSpec, *, device: torch.
     chunk = max(1, min(int(chunk), batch_size, math.ceil(n / max(1, workers))))
     if n <= chunk or all(hasattr(it, "mode") for it in items):
         workers = 0
-    parts = _chunks_pool(items, spec, chunk, workers, prefetch) if workers else _chunks_local(items, spec, chunk)
     buf = torch.empty(batch_size, 3, *spec.crop, dtype=torch.uint8, device=device)
     idx: list[Tensor] = []
     filled = 0
-    for indices, pixels, errors in parts:
-        if errors:
-            i, msg = errors[0]
-            more = f" (and {len(errors) - 1} more in the same chunk)" if len(errors) > 1 else ""
-            raise InputError(f"image #{i}: {msg}{more}")
+    for indices, pixels in _decoded_chunks(items, spec, chunk, workers, prefetch):
         if pin:
             pixels = pixels.pin_memory()
         pos, c = 0, int(pixels.shape[0])

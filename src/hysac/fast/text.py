@@ -8,6 +8,7 @@ same computation; only float summation order changes.
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from typing import Iterator, Sequence
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from ..backbones.base import check_texts
 from ..errors import InputError
 
-__all__ = ["Collector", "encode_text_fast", "length_sorted_batches", "progress_bar"]
+__all__ = ["Collector", "encode_text_fast", "length_sorted_batches", "patched_encode_text", "progress_bar"]
 
 
 def check_batch_size(batch_size) -> int:
@@ -112,6 +113,20 @@ class Collector:
         """All outputs, concatenated, on the CPU. Called outside ``inference_mode``: an ordinary tensor."""
         self._flush()
         return torch.cat(self.host)
+
+
+def patched_encode_text(model, default_batch: int, autocast: torch.dtype | None = None):
+    """What the fast paths install as ``model.encode_text``: :func:`encode_text_fast` with the path's tuned batch
+    (a ``functools.partial`` on ``model``, so that copies of the model encode with themselves)."""
+    return functools.partial(_capped_encode_text, model, default_batch=int(default_batch), autocast=autocast)
+
+
+def _capped_encode_text(model, texts, *, project: bool = True, batch_size: int | None = None,
+                        progress: bool = False, default_batch: int, autocast=None) -> Tensor:
+    # a caller's batch size is a memory bound, not a request for padding: length buckets never exceed the tuned
+    # default (callers such as the index mapper pass large chunks, which would be padded to their longest text)
+    return encode_text_fast(model, texts, project=project, progress=progress, autocast=autocast,
+                            batch_size=min(batch_size or default_batch, default_batch))
 
 
 def progress_bar(progress: bool, total: int, what: str):

@@ -92,6 +92,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="items per com
 ColumnOpt = Annotated[str, typer.Option("--column", help="table column to index: auto, text or image")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the report as JSON")]
+RayOpt = Annotated[int, typer.Option("--ray-concurrency", help="Ray model actors")]
 FastOpt = Annotated[bool, typer.Option(
     "--fast", help="fast inference path (hysac.fast: GPU when CUDA is available, else CPU; same embeddings to "
                    "float/bf16 tolerance)")]
@@ -110,7 +111,7 @@ def build_command(
     ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW efConstruction")] = 40,
     ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW efSearch (default at query time)")] = 64,
     column: ColumnOpt = "auto",
-    ray_concurrency: Annotated[int, typer.Option("--ray-concurrency", help="Ray model actors")] = 1,
+    ray_concurrency: RayOpt = 1,
     progress: ProgressOpt = True,
     json_out: JsonOpt = False,
     fast: FastOpt = False,
@@ -141,7 +142,7 @@ def add_command(
     batch_size: BatchOpt = 256,
     engine: EngineOpt = "local",
     column: ColumnOpt = "auto",
-    ray_concurrency: Annotated[int, typer.Option("--ray-concurrency", help="Ray model actors")] = 1,
+    ray_concurrency: RayOpt = 1,
     progress: ProgressOpt = True,
     json_out: JsonOpt = False,
     fast: FastOpt = False,

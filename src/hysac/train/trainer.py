@@ -667,6 +667,7 @@ class Trainer:
         clip = float(cfg["optim"].get("clip_grad") or 0)
         ck_every = int(cfg.get("checkpoint_every") or 0)
         stopped_early = False
+        nxt = None  # ((epoch, step), rows) of the next step, when the image prefetch assembled it early
         while self.state["epoch"] < epochs and not self.state["done"]:
             ep = self.state["epoch"]
             lead = next(iter(self.data.families))
@@ -677,10 +678,14 @@ class Trainer:
             while self.state["step_in_epoch"] < self.steps_per_epoch:
                 s = self.state["step_in_epoch"]
                 torch.manual_seed(hash((self.seed, ep, s)) % 2**31)  # dropout stream independent of resume point
-                batch_rows = self._assemble(step_rows(self.data, batch, self.seed, ep, s, perm))
+                if nxt is not None and nxt[0] == (ep, s):  # assembled at the previous step, for the prefetch
+                    batch_rows = nxt[1]
+                else:
+                    batch_rows = self._assemble(step_rows(self.data, batch, self.seed, ep, s, perm))
+                nxt = None
                 if self.feat.loader_workers and s + 1 < self.steps_per_epoch:  # decode the next step meanwhile
-                    nxt = self._assemble(step_rows(self.data, batch, self.seed, ep, s + 1, perm))
-                    self.feat.prefetch(self._image_keys(batch_rows["rows"]) + self._image_keys(nxt["rows"]))
+                    nxt = ((ep, s + 1), self._assemble(step_rows(self.data, batch, self.seed, ep, s + 1, perm)))
+                    self.feat.prefetch(self._image_keys(batch_rows["rows"]) + self._image_keys(nxt[1]["rows"]))
                 with torch.autograd.set_detect_anomaly(bool(self.perf["detect_anomaly"])):
                     loss, logs = self._loss(batch_rows)
                     (loss / self.accum).backward()
