@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
         "clipart": False,  # add Open Clip Art images (apt-get install openclipart-png)
         "clipart_root": None,  # default /usr/share/openclipart/png
         "clipart_max_safe": 2000,
+        # texts from every register (hysac.data.corpus; a dict of CorpusConfig settings, {} for the defaults);
+        # None: the older I2P + COCO + safe art prompts mix
+        "corpus": None,
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "visu_train": None, "visu_val": None, "visu_test": None, "coco_root": None, "visu_root": None,
@@ -65,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_checkpointing": False,  # activation checkpointing in trainable towers: true, or N = every N-th layer
         "detect_anomaly": False,  # autograd anomaly detection (very slow; the official code leaves it on)
         "fused_adamw": "auto",  # "auto": fused AdamW kernels on CUDA; true / false to force
+        "cpu_engines": False,  # frozen mini towers through ONNX Runtime / fused engines while caching features
         "loader_workers": "auto",  # image decoding processes for towers trained end to end ("auto": one per CPU
         # on a GPU, 0 on the CPU); the next step's images are decoded while the current one trains
     },

@@ -117,6 +117,27 @@ def offline_image_splits(d: dict, seed: int):
     return emoji, em_parts
 
 
+def _register_key(source: str) -> str:
+    from ..data.corpus import source_group
+
+    return source_group(source) + ("+style" if "+style" in source else "")
+
+
+def _pair_by_register(unsafe, safe, u_feats, s_feats, pair_nearest) -> np.ndarray:
+    """Index into ``safe`` of each unsafe text's counterpart: the nearest safe text (frozen text space) of the same
+    register (source group, styled or not), or of all safe texts when that register has none."""
+    out = np.empty(len(unsafe), dtype=np.int64)
+    s_keys = np.array([_register_key(e.source) for e in safe])
+    u_keys = np.array([_register_key(e.source) for e in unsafe])
+    for key in np.unique(u_keys):
+        ui = np.flatnonzero(u_keys == key)
+        si = np.flatnonzero(s_keys == key)
+        if len(si) == 0:
+            si = np.arange(len(safe))
+        out[ui] = si[pair_nearest(u_feats[ui], s_feats[si])]
+    return out
+
+
 def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"]) -> TrainData:
     """I2P + COCO captions + safe art prompts (``../shared/data``) and images (:func:`offline_image_splits`).
 
@@ -126,8 +147,14 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
 
     d = cfg["data"]
     seed = int(cfg["seed"])
-    splits = text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
-                                test_fraction=d["test_fraction"])
+    if d.get("corpus") is not None:  # every register, both classes in each (hysac.data.corpus)
+        from ..data.corpus import register_splits
+
+        splits = register_splits({"data_dir": d.get("data_dir"), "seed": seed, "val_fraction": d["val_fraction"],
+                                  "test_fraction": d["test_fraction"], **dict(d["corpus"] or {})})
+    else:
+        splits = text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
+                                    test_fraction=d["test_fraction"])
     cap = d.get("max_per_source")
 
     def capped(examples):
@@ -160,7 +187,7 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
     s_feats = text_features([e.text for e in safe_tr])
     from ..data import pair_nearest
 
-    nearest = pair_nearest(u_feats, s_feats)
+    nearest = _pair_by_register(unsafe_tr, safe_tr, u_feats, s_feats, pair_nearest)
     fam_unsafe = _family([(texts.add(safe_tr[j].text), -1, texts.add(e.text), -1)
                           for e, j in zip(unsafe_tr, nearest.tolist())],
                          ts_cats=[e.multihot for e in unsafe_tr])

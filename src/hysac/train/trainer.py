@@ -195,8 +195,20 @@ def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor
     memo = {} if memo is None else memo
     todo = list(dict.fromkeys(t for t in texts if t not in memo))
     fn = getattr(backbone, "text_base_features", None) or backbone.text_features
+    from tqdm.auto import tqdm
+
+    sorter = getattr(backbone, "length_sorted_batches", None)
     with torch.no_grad():
-        for i in range(0, len(todo), 256):
+        if sorter is not None and todo:  # length-sorted batches: little padding is computed
+            order, batches = sorter(todo, 128)
+            done = 0
+            for tok in tqdm(batches, total=-(-len(todo) // 128), desc="encoding texts", unit="batch",
+                            disable=len(todo) < 2048):
+                chunk = [todo[j] for j in order[done:done + tok["input_ids"].shape[0]]]
+                done += len(chunk)
+                feats = fn(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
+                memo.update(zip(chunk, feats))
+        for i in range(0, len(todo) if sorter is None else 0, 256):
             chunk = todo[i:i + 256]
             tok = backbone.tokenize(chunk)
             feats = fn(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
@@ -268,7 +280,14 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (amp == "bf16" or (amp == "auto" and self.device.type == "cuda")) else None
         self._seed_all(self.seed)
         self.model = self._build_model().to(self.device)
-        self.perf = apply_perf(self.model, cfg.get("perf") or {}, log=self.log if self.rank == 0 else None)
+        perf = dict(cfg.get("perf") or {})
+        cpu_engines = bool(perf.pop("cpu_engines", False))
+        self.perf = apply_perf(self.model, perf, log=self.log if self.rank == 0 else None)
+        if cpu_engines and self.device.type == "cpu" and hasattr(self.model.backbone, "set_inference_engines"):
+            # frozen towers through ONNX Runtime / fused engines while caching features (cosine >= 0.999)
+            from ..fast.cpu import optimize_for_cpu
+
+            optimize_for_cpu(self.model, patch_encode=False)
         cache_dir = Path(cfg["data"].get("cache_dir") or os.environ.get("HYSAC_CACHE_DIR")
                          or Path.home() / ".cache" / "hysac") / "features"
         self._text_memo = self._load_text_memo(cache_dir)
@@ -630,6 +649,49 @@ class Trainer:
         }
         return res
 
+    def _text_scores(self, split: str) -> np.ndarray:
+        es = getattr(self.data, split)
+        with torch.no_grad():
+            t = self.model.lift_text(self.feat.text(torch.as_tensor(es.text_idx)).float()).cpu()
+        return L.dist0(t, self.model.curvature).numpy()
+
+    def _register_fpr_threshold(self, fpr: float) -> float:
+        """The lowest text threshold at which the false-positive rate of the safe texts of *every* register (source
+        group, styled copies apart) on the validation split is at most ``fpr``."""
+        from .data import _register_key
+
+        es = self.data.val
+        scores = self._text_scores("val")
+        keys = np.array([_register_key(s) for s in es.text_source])
+        safe = es.text_label == 0
+        worst = -np.inf
+        for key in np.unique(keys[safe]):
+            sel = scores[safe & (keys == key)]
+            worst = max(worst, float(np.quantile(sel, 1.0 - fpr, method="higher")))
+        return worst
+
+    def register_report(self, split: str) -> dict[str, dict[str, float]]:
+        """Per source (styled copies apart): n, FPR on its safe texts and TPR on its unsafe texts at the model's
+        text threshold, and AUROC where it has both classes."""
+        if self.model.bounds is None:
+            return {}
+        es = getattr(self.data, split)
+        scores = self._text_scores(split)
+        th = self.model.unsafe_threshold("text")
+        out: dict[str, dict[str, float]] = {}
+        for src in np.unique(es.text_source):
+            sel = es.text_source == src
+            y, sc = es.text_label[sel], scores[sel]
+            row: dict[str, float] = {"n": int(sel.sum())}
+            if (y == 0).any():
+                row["fpr"] = float((sc[y == 0] > th).mean())
+            if (y == 1).any():
+                row["tpr"] = float((sc[y == 1] > th).mean())
+            if y.min() != y.max():
+                row["auroc"] = float(M.auroc(sc, y))
+            out[str(src)] = row
+        return out
+
     def _class_distances(self, split: str) -> dict[str, np.ndarray]:
         es = getattr(self.data, split)
         c = self.model.curvature
@@ -761,7 +823,11 @@ class Trainer:
             tscores = np.concatenate([dists["S"], dists["U"]])
             tlab = np.concatenate([np.zeros(len(dists["S"])), np.ones(len(dists["U"]))])
             crit = self.cfg.get("threshold_criterion", "youden")
-            thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
+            if str(crit).startswith("register_fpr@"):
+                thresholds["text"] = self._register_fpr_threshold(float(str(crit).split("@", 1)[1]))
+                crit = "youden"  # images: no registers
+            else:
+                thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
             if "V" in dists and "G" in dists:
                 iscores = np.concatenate([dists["V"], dists["G"]])
                 ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
@@ -769,6 +835,9 @@ class Trainer:
             self.model.bounds = fit_bounds(dists, thresholds=thresholds)
         result["val"] = self.evaluate("val")
         result["test"] = self.evaluate("test")
+        if self.cfg["objective"] == "hysac":
+            result["val"]["per_source_at_threshold"] = self.register_report("val")
+            result["test"]["per_source_at_threshold"] = self.register_report("test")
         if self.rank == 0:
             self.model.save_pretrained(self.out / "model")
             (self.out / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -1,0 +1,298 @@
+"""A text safety corpus from every register: each register holds both classes, so register alone predicts nothing.
+
+Sources (all read from the data folder, :func:`hysac.data.default_data_dir`, or any folder given) and how each
+enters, with the reason (label noise handled on purpose):
+
+=================  ==========  ===================================================================================
+source             group       rule
+=================  ==========  ===================================================================================
+``i2p``            prompts     unsafe **only when the text itself says so**: ``prompt_toxicity >= 0.3`` or an
+                               unsafe term of :data:`UNSAFE_TERMS` / LDNOOBW. I2P labels come from the images
+                               Stable Diffusion produced, not from the text (``hard == 1`` is exactly
+                               ``inappropriate_percentage >= 50``, and most such prompts read as benign), so the
+                               rest is left out — neither safe nor unsafe.
+``sd_prompts``     prompts     safe where ``keyword_flag == 0``; flagged rows (~9%: nude, blood, gun, skull…) are
+                               left out rather than guessed.
+``safe_art``       prompts     safe.
+``parti``          prompts     safe (PartiPrompts rows of ``safe_requests.csv``).
+``coco``           captions    safe (``max_coco`` rows: the register is simple and large).
+``harmful``        requests    unsafe, categories where the source gives them (AdvBench rows: none).
+``alpaca``         requests    safe.
+``moderation``     moderation  as labelled (safe / unsafe with categories).
+``tweets``         tweets      ``hate`` → unsafe (hate); ``offensive`` (mostly profanity aimed at people) →
+                               unsafe (harassment), capped at ``max_offensive``; ``neither`` → safe only when every
+                               crowd vote said neither (a split vote is not reliably safe).
+=================  ==========  ===================================================================================
+
+**Style augmentation.** A seeded share of safe captions / requests / tweets and of unsafe requests / moderation
+texts / tweets get clip-interrogator's own template ``{text}, {medium} {artist}, {trending}, {movement},
+{flavors}`` from ``style_words/`` (source ``<source>+style``, group ``styled``), so artistic style appears on both
+sides. A styled copy always lands in the split of its original.
+
+**Splits** are by source item (after cross-source de-duplication: a text labelled unsafe anywhere stays unsafe),
+per source with ``seed``; :func:`leave_out_group` gives the leave-one-source-group-out variant.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
+from hysac.data.paths import resolve_data_file
+from hysac.data.tables import read_table
+from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
+    load_ldnoobw, load_safe_art_prompts, split_indices
+from hysac.errors import InputError
+
+#: source group of every source (the unit held out by leave-one-source-out)
+GROUPS: dict[str, str] = {
+    "i2p": "prompts", "sd_prompts": "prompts", "safe_art": "prompts", "parti": "prompts",
+    "coco": "captions", "harmful": "requests", "alpaca": "requests", "moderation": "moderation",
+    "tweets": "tweets",
+}
+
+#: plain-language unsafe terms per category (written for this rule, not taken from any data set); an I2P prompt
+#: needs one of these (whole word / phrase) or a toxic score to enter as unsafe
+UNSAFE_TERMS: dict[str, tuple[str, ...]] = {
+    "violence": ("blood", "bloody", "bleeding", "gore", "gory", "kill", "killing", "killed", "murder", "murdered",
+                 "stab", "stabbing", "stabbed", "shooting", "shot dead", "corpse", "corpses", "dead body",
+                 "dead bodies", "torture", "tortured", "decapitated", "beheaded", "massacre", "war crime",
+                 "slaughter", "execution", "violent", "violence", "fight", "beating", "assault"),
+    "sexual": ("nude", "nudity", "naked", "nsfw", "porn", "pornographic", "sex", "sexual", "sexy", "topless",
+               "erotic", "lingerie", "breasts", "genitals", "orgasm", "stripper", "hentai"),
+    "self-harm": ("suicide", "suicidal", "self harm", "self-harm", "cutting myself", "noose", "hanging himself",
+                  "hanging herself", "overdose", "slit wrists", "kill myself", "anorexia"),
+    "shocking": ("gruesome", "mutilated", "mutilation", "rotting", "rotten flesh", "vomit", "entrails", "guts",
+                 "disembowel", "maggots", "horrifying", "grotesque", "dismembered", "disgusting"),
+    "hate": ("nazi", "swastika", "kkk", "racist", "racism", "white power", "hitler", "genocide", "slur"),
+    "harassment": ("idiot", "stupid", "ugly", "loser", "moron", "worthless", "shut up", "humiliated", "bully"),
+    "illegal activity": ("cocaine", "heroin", "meth", "crack pipe", "drug dealer", "drugs", "smoking weed",
+                         "robbery", "robbing", "stealing", "shoplifting", "bomb", "terrorist", "hacking"),
+}
+
+_TEMPLATE_PARTS = ("medium", "artist", "trending", "movement", "flavors")
+_TRENDING = ("trending on artstation", "trending on cgsociety", "featured on pixiv", "artstation hq",
+             "deviantart contest winner", "behance contest winner", "unsplash contest winner", "pixabay contest winner")
+
+
+@dataclass
+class CorpusConfig:
+    data_dir: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_coco: int | None = 6000
+    max_offensive: int | None = 3000
+    i2p_min_toxicity: float = 0.3
+    style_fraction: float = 0.35  # share of eligible texts that also get a styled copy
+    style_max_words: int = 40  # only texts up to this many words are styled (long chat texts stay as they are)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CorpusConfig":
+        d = dict(d or {})
+        known = {f for f in cls.__dataclass_fields__}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InputError(f"data.corpus: unknown keys {bad}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------ term matching
+def _term_regex(terms) -> re.Pattern:
+    alts = sorted({re.escape(t.lower()) for t in terms if t.strip()}, key=len, reverse=True)
+    return re.compile(r"(?<![a-z])(?:" + "|".join(alts) + r")(?![a-z])")
+
+
+def unsafe_term_categories(text: str, extra: re.Pattern | None = None) -> list[str]:
+    """Categories whose :data:`UNSAFE_TERMS` occur in ``text`` (whole words, case-insensitive); ``extra`` (e.g.
+    the LDNOOBW list) adds ``"sexual"`` when it matches and nothing else does."""
+    low = text.lower()
+    cats = [c for c in CATEGORIES if c in _CAT_RE and _CAT_RE[c].search(low)]
+    if not cats and extra is not None and extra.search(low):
+        cats = ["sexual"]
+    return cats
+
+
+_CAT_RE = {c: _term_regex(t) for c, t in UNSAFE_TERMS.items()}
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+def _frame(df: pd.DataFrame, column: str, path) -> pd.DataFrame:
+    if column not in df.columns:
+        raise InputError(f"{path}: missing column {column!r} (columns: {', '.join(map(str, df.columns))})")
+    df = df.copy()
+    df["text"] = [clean_text(v) for v in df[column]]
+    return df[df["text"] != ""]
+
+
+def _read(name: str, data_dir) -> tuple[pd.DataFrame, Path]:
+    p = resolve_data_file(name, None, data_dir)
+    return read_table(p), p
+
+
+def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
+    """Every source as one frame: ``text``, ``source``, ``group``, ``label`` (1 unsafe), ``categories`` (list)."""
+    rows: list[pd.DataFrame] = []
+    dd = cfg.data_dir
+    rng = np.random.default_rng(cfg.seed)
+
+    def add(texts, source, label, cats):
+        rows.append(pd.DataFrame({"text": list(texts), "source": source, "group": GROUPS[source],
+                                  "label": label if isinstance(label, (list, np.ndarray)) else [label] * len(texts),
+                                  "categories": list(cats)}))
+
+    # prompts: I2P only where the text carries the unsafety
+    i2p = load_i2p(data_dir=dd)
+    bad_words = _term_regex(load_ldnoobw(data_dir=dd))
+    tox = pd.to_numeric(i2p.get("prompt_toxicity", pd.Series(0.0, index=i2p.index)), errors="coerce").fillna(0)
+    keep, cats = [], []
+    for text, t, given in zip(i2p["text"], tox, i2p["categories"]):
+        found = unsafe_term_categories(text, bad_words)
+        if found or t >= cfg.i2p_min_toxicity:
+            keep.append(text)
+            cats.append(found or list(given) or ["shocking"])
+    add(keep, "i2p", 1, cats)
+    sd, p = _read("sd_prompts.csv", dd)
+    sd = _frame(sd, "prompt", p)
+    if "keyword_flag" in sd.columns:
+        sd = sd[pd.to_numeric(sd["keyword_flag"], errors="coerce").fillna(1) == 0]
+    add(sd["text"], "sd_prompts", 0, [[]] * len(sd))
+    art = load_safe_art_prompts(data_dir=dd)
+    add(art["text"], "safe_art", 0, [[]] * len(art))
+    sr, p = _read("safe_requests.csv", dd)
+    sr = _frame(sr, "prompt", p)
+    src = sr["source"].astype(str) if "source" in sr.columns else pd.Series("alpaca-eval", index=sr.index)
+    parti = sr[src.str.startswith("parti")]
+    alpaca = sr[~src.str.startswith("parti")]
+    add(parti["text"], "parti", 0, [[]] * len(parti))
+    add(alpaca["text"], "alpaca", 0, [[]] * len(alpaca))
+    # captions
+    coco = load_coco_captions(data_dir=dd)
+    if cfg.max_coco is not None and len(coco) > cfg.max_coco:
+        coco = coco.iloc[np.sort(rng.choice(len(coco), cfg.max_coco, replace=False))]
+    add(coco["text"], "coco", 0, [[]] * len(coco))
+    # requests
+    hr, p = _read("harmful_requests.csv", dd)
+    hr = _frame(hr, "prompt", p)
+    hcats = [parse_categories(v) if isinstance(v, str) else [] for v in hr.get("categories", [None] * len(hr))]
+    hcats = [c or (unsafe_term_categories(t) or ["illegal activity"]) for c, t in zip(hcats, hr["text"])]
+    add(hr["text"], "harmful", 1, hcats)
+    # moderation samples
+    mo, p = _read("moderation_samples.csv", dd)
+    mo = _frame(mo, "prompt", p)
+    lab = (mo["label"].astype(str).str.lower() == "unsafe").astype(int).to_numpy()
+    mcats = [parse_categories(v) if (isinstance(v, str) and y) else [] for v, y in zip(mo["categories"], lab)]
+    add(mo["text"], "moderation", lab, mcats)
+    # tweets
+    tw, p = _read("tweets_hate_offensive.csv", dd)
+    tw = _frame(tw, "prompt", p)
+    tw["text"] = [clean_text(re.sub(r"(@user\s*)+", "@user ", re.sub(r"https?://\S+|&#?\w+;", " ",
+                                                                  re.sub(r"@\w+:?", "@user", t))))
+                  for t in tw["text"]]
+    tw = tw[tw["text"].str.len() > 0]
+    votes = tw[["votes_hate", "votes_offensive", "votes_neither"]].apply(pd.to_numeric, errors="coerce").fillna(0)
+    hate = tw[tw["label"] == "hate"]
+    off = tw[tw["label"] == "offensive"]
+    if cfg.max_offensive is not None and len(off) > cfg.max_offensive:
+        off = off.iloc[np.sort(rng.choice(len(off), cfg.max_offensive, replace=False))]
+    neither = tw[(tw["label"] == "neither") & (votes["votes_neither"] == votes.sum(axis=1))]
+    add(pd.concat([hate["text"], off["text"], neither["text"]]), "tweets",
+        [1] * len(hate) + [1] * len(off) + [0] * len(neither),
+        [["hate", "harassment"]] * len(hate) + [["harassment"]] * len(off) + [[]] * len(neither))
+    df = pd.concat(rows, ignore_index=True)
+    # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
+    df = df.sort_values("label", ascending=False, kind="stable").drop_duplicates("text", keep="first")
+    return df.sort_index().reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ style
+class Styler:
+    """clip-interrogator's template ``{text}, {medium} {artist}, {trending}, {movement}, {flavors}`` with words drawn
+    (seeded) from ``style_words/``."""
+
+    def __init__(self, data_dir=None, seed: int = 0):
+        from hysac.data.paths import default_data_dir
+
+        folder = (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()) / "style_words"
+        self.words = {}
+        for name, fname in (("artist", "artists.txt"), ("medium", "mediums.txt"), ("movement", "movements.txt"),
+                            ("flavors", "flavors_sfw.txt")):
+            path = Path(folder) / fname
+            try:
+                items = [clean_text(x) for x in path.read_text(encoding="utf-8").splitlines()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"{path}: cannot read style words: {e}") from None
+            self.words[name] = [x for x in items if x]
+            if not self.words[name]:
+                raise InputError(f"{path}: no style words")
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, text: str) -> str:
+        w, r = self.words, self.rng
+        medium = w["medium"][r.integers(len(w["medium"]))]
+        artist = w["artist"][r.integers(len(w["artist"]))]
+        parts = [text.rstrip(" .,"), f"{medium} by {artist}"]
+        if r.random() < 0.6:
+            parts.append(_TRENDING[r.integers(len(_TRENDING))])
+        if r.random() < 0.5:
+            parts.append(w["movement"][r.integers(len(w["movement"]))])
+        parts += [w["flavors"][i] for i in r.choice(len(w["flavors"]), size=int(r.integers(1, 4)), replace=False)]
+        return ", ".join(parts)
+
+
+#: sources whose short texts get styled copies (prompt sources are styled already)
+STYLED_SOURCES = ("coco", "alpaca", "harmful", "moderation", "tweets")
+
+
+# ------------------------------------------------------------------------------------------------ splits
+def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
+    """Train/val/test lists of :class:`~hysac.data.text.TextExample` over every register (see the module doc).
+    ``TextExample.source`` is the source name (``"<source>+style"`` for styled copies)."""
+    cfg = cfg if isinstance(cfg, CorpusConfig) else CorpusConfig.from_dict(cfg)
+    if cfg.val_fraction < 0 or cfg.test_fraction < 0 or cfg.val_fraction + cfg.test_fraction >= 1:
+        raise InputError("data.corpus: need val_fraction, test_fraction >= 0 with sum < 1")
+    df = load_register_sources(cfg)
+    styler = Styler(cfg.data_dir, seed=cfg.seed + 7)
+    fr = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+    parts: list[list[TextExample]] = [[], [], []]
+    style_rng = np.random.default_rng(cfg.seed + 3)
+    seen: set[str] = set(df["text"])
+    for k, source in enumerate(sorted(df["source"].unique())):
+        sub = df[df["source"] == source].reset_index(drop=True)
+        for lab in (0, 1):  # stratified by label within the source
+            idx = np.flatnonzero(sub["label"].to_numpy() == lab)
+            for part, sel in zip(parts, split_indices(len(idx), fr, seed=cfg.seed + 17 * k + lab)):
+                for i in idx[sel]:
+                    row = sub.iloc[int(i)]
+                    mh = categories_to_multihot(row["categories"]) if lab else np.zeros(len(CATEGORIES), np.float32)
+                    part.append(TextExample(row["text"], int(lab), mh, False, source))
+                    if (source in STYLED_SOURCES and len(row["text"].split()) <= cfg.style_max_words
+                            and style_rng.random() < cfg.style_fraction):
+                        styled = styler(row["text"])
+                        if styled not in seen:
+                            seen.add(styled)
+                            part.append(TextExample(styled, int(lab), mh, False, f"{source}+style"))
+    rng = np.random.default_rng(cfg.seed)
+    return TextSplits(*[[p[i] for i in rng.permutation(len(p))] for p in parts])
+
+
+def source_group(source: str) -> str:
+    """The held-out unit of a source name (styled copies belong to their original's group)."""
+    return GROUPS.get(source.split("+", 1)[0], source)
+
+
+def leave_out_group(splits: TextSplits, group: str) -> tuple[TextSplits, list[TextExample]]:
+    """``splits`` without any text of ``group`` (styled copies included), and every text of that group (all three
+    splits) as the held-out test set."""
+    held = [e for part in splits for e in part if source_group(e.source) == group]
+    keep = TextSplits(*[[e for e in part if source_group(e.source) != group] for part in splits])
+    return keep, held
+
+
+__all__ = ["CorpusConfig", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "leave_out_group",
+           "load_register_sources", "register_splits", "source_group", "unsafe_term_categories"]

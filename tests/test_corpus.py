@@ -1,0 +1,83 @@
+"""The register corpus (hysac.data.corpus) on the shared data: both classes in every register, the label-noise
+rules, styled copies beside their originals, and leave-one-source-group-out."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hysac.data import default_data_dir
+from hysac.data.corpus import (CorpusConfig, Styler, leave_out_group, load_register_sources, register_splits,
+                               source_group, unsafe_term_categories)
+from hysac.errors import InputError
+
+needs_data = pytest.mark.skipif(not (default_data_dir() / "sd_prompts.csv").is_file(), reason="dev data not found")
+
+
+def test_unsafe_terms_match_whole_words_only():
+    assert unsafe_term_categories("a bloody knife fight") == ["violence"]
+    assert unsafe_term_categories("a photo of a naked man") == ["sexual"]
+    assert unsafe_term_categories("skilled craftsmanship, sextant on a desk") == []  # no 'sex' inside words
+    assert unsafe_term_categories("a bowl of fruit") == []
+
+
+def test_unknown_corpus_key_is_refused():
+    with pytest.raises(InputError, match="unknown keys"):
+        CorpusConfig.from_dict({"max_cocoa": 3})
+
+
+@needs_data
+def test_styler_uses_the_template_and_is_seeded():
+    a, b = Styler(seed=1), Styler(seed=1)
+    s = a("a cat on a sofa")
+    assert s == b("a cat on a sofa")
+    assert s.startswith("a cat on a sofa, ") and " by " in s and s.count(",") >= 2
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return load_register_sources(CorpusConfig())
+
+
+@needs_data
+def test_every_register_but_captions_holds_both_classes(frame):
+    by = frame.groupby("group")["label"].agg(["min", "max"])
+    for group, row in by.iterrows():
+        if group != "captions":
+            assert row["min"] == 0 and row["max"] == 1, group
+    assert frame["text"].is_unique
+
+
+@needs_data
+def test_label_noise_rules(frame):
+    data = default_data_dir()
+    i2p = frame[frame["source"] == "i2p"]
+    raw = pd.read_csv(data / "i2p_dev.csv")
+    assert 0 < len(i2p) < 0.5 * len(raw)  # only the prompts whose text says it
+    assert (i2p["label"] == 1).all()
+    sd = pd.read_csv(data / "sd_prompts.csv")
+    flagged = set(sd.loc[sd["keyword_flag"] == 1, "prompt"].str.split().str.join(" "))
+    assert not flagged & set(frame.loc[frame["source"] == "sd_prompts", "text"])
+    tw = frame[frame["source"] == "tweets"]
+    assert set(tw["label"]) == {0, 1}
+    raw_tw = pd.read_csv(data / "tweets_hate_offensive.csv")
+    assert (tw["label"] == 0).sum() <= (raw_tw["label"] == "neither").sum()
+
+
+@needs_data
+def test_splits_disjoint_styled_copies_follow_their_original():
+    sp = register_splits({"max_coco": 800, "max_offensive": 400})
+    parts = [{e.text for e in p} for p in sp]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    for part in sp:
+        originals = {e.text for e in part if "+style" not in e.source}
+        styled = [e for e in part if "+style" in e.source]
+        assert styled
+        for e in styled[:200]:
+            base = e.text.split(", ")[0]
+            assert any(o.startswith(base) for o in originals), e.text
+    srcs = {e.source for e in sp.val}
+    assert {"coco", "harmful", "alpaca", "moderation", "tweets", "sd_prompts", "i2p"} <= srcs
+    keep, held = leave_out_group(sp, "requests")
+    assert held and all(source_group(e.source) == "requests" for e in held)
+    assert not any(source_group(e.source) == "requests" for p in keep for e in p)
+    assert np.mean([e.label for e in held]) > 0.2
