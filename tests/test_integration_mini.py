@@ -79,3 +79,12 @@ def test_shipped_metrics_and_ordering():
     assert all(v > 0.9 for v in val["per_category_auroc_text"].values())
     md = val["median_dist"]
     assert md["S"] < md["V"] < md["U"] < md["G"]
+
+
+def test_safe_inputs_get_no_top_category(model):
+    from hysac.classify import classify_texts
+
+    safe, unsafe = classify_texts(model, ["a bowl of fruit on a kitchen table",
+                                          "a bloody corpse with a knife in its chest, gore"])
+    assert not safe.unsafe and safe.to_dict()["top_category"] is None and safe.to_dict()["categories"]
+    assert unsafe.unsafe and unsafe.to_dict()["top_category"] in unsafe.categories

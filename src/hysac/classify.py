@@ -20,6 +20,13 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only (the index CLI reads qu
     from .model import HySAC
 
 
+def _top_name(categories: dict[str, float], unsafe: bool | None) -> str | None:
+    from .safety import top_category
+
+    top = top_category(categories, unsafe)
+    return None if top is None else str(top["name"])
+
+
 @dataclass
 class Classification:
     input: str
@@ -32,7 +39,8 @@ class Classification:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"input": self.input, "modality": self.modality, "score": self.score, "unsafe": self.unsafe,
-               "threshold": self.threshold, "categories": self.categories}
+               "threshold": self.threshold, "categories": self.categories,
+               "top_category": None if self.error is not None else _top_name(self.categories, self.unsafe)}
         if self.error is not None:
             out["error"] = self.error
         return out

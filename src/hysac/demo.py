@@ -74,7 +74,7 @@ def run_demo(out: Path, model_name: str | None = None, n_emoji: int | None = 600
     echo("\n== classify ==")
     texts = SAFE_QUERIES + UNSAFE_QUERIES
     for r in classify_texts(model, texts):
-        top = max(r.categories.items(), key=lambda kv: kv[1])[0] if r.categories else "-"
+        top = r.to_dict()["top_category"] or "-"  # a category only for an unsafe verdict
         echo(f"  {'UNSAFE' if r.unsafe else 'safe  '} {r.score:6.3f}  {top:17s} {r.input}")
     imgs = [unsafe_emoji["path"].iloc[i] for i in range(min(2, len(unsafe_emoji)))] + \
            [safe_emoji["path"].iloc[i] for i in range(min(2, len(safe_emoji)))]

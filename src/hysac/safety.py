@@ -258,3 +258,13 @@ def entails(
 ) -> Tensor:
     """Is each child inside its parent's entailment cone? (B,D),(B,D) → (B,) bool (broadcasts (1,D))."""
     return L.entails(parent_hyp, child_hyp, curv, aperture_scale=aperture_scale)
+
+
+def top_category(categories: "dict[str, float] | None", unsafe: "bool | None") -> "dict[str, object] | None":
+    """The category shown for a verdict: ``{"name", "probability"}`` of the most likely of the 7 categories, but
+    only for an input judged unsafe — a safe input gets ``None`` (its category probabilities describe *which kind*
+    of unsafe it would be, not that it is unsafe)."""
+    if not categories or not unsafe:
+        return None
+    name, p = max(categories.items(), key=lambda kv: kv[1])
+    return {"name": name, "probability": p}

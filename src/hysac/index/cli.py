@@ -18,6 +18,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from ..errors import HySACError, InputError
+from ..safety import top_category
 
 __all__ = ["index_app", "search_command", "build_command", "add_command", "info_command"]
 
@@ -227,9 +228,9 @@ def _print_tables(results: list[Any]) -> None:
             t.add_column(col, overflow="fold")
         for r in qr.results:
             top = ""
-            if r.categories:
-                name, p = max(r.categories.items(), key=lambda kv: kv[1])
-                top = f"{name} {p:.2f}"
+            best = top_category(r.categories, r.unsafe)  # shown only for an unsafe item
+            if best is not None:
+                top = f"{best['name']} {best['probability']:.2f}"
             content = r.content if len(r.content) <= 80 else r.content[:77] + "..."
             flag_r = "yes" if r.unsafe else ("?" if r.unsafe is None else "")
             t.add_row(str(r.rank), f"{r.distance:.4f}", f"{r.safety_score:.4f}", flag_r, r.modality,

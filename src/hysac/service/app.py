@@ -366,11 +366,8 @@ def _load(model: Any, index_dir: Path | None) -> Any:
     return model
 
 
-def _top_category(cats: dict[str, float] | None) -> dict[str, Any] | None:
-    if not cats:
-        return None
-    name, p = max(cats.items(), key=lambda kv: kv[1])
-    return {"name": name, "probability": p}
+def _top_category(cats: dict[str, float] | None, unsafe: bool | None) -> dict[str, Any] | None:
+    return safety.top_category(cats, unsafe)
 
 
 # ---------------------------------------------------------------------------------------- OpenAPI body specs
@@ -605,12 +602,12 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         if image is not None:
             info["image"] = image
         info.update(safety_score=score, unsafe=bool(score > thr), threshold=thr, categories=cat_d,
-                    top_category=_top_category(cat_d))
+                    top_category=_top_category(cat_d, bool(score > thr)))
         return info
 
     def result_dict(r: Any) -> dict[str, Any]:
         d = r.to_dict()
-        d["top_category"] = _top_category(r.categories)
+        d["top_category"] = _top_category(r.categories, d.get("unsafe"))
         if r.modality == "image":
             d["image_url"] = f"/items/{r.id}/image"
         return d
@@ -808,8 +805,9 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         d: dict[str, Any] = {"id": row[0], "key": row[1], "modality": row[2],
                              ("text" if row[2] == "text" else "path"): row[3], "safety_score": float(row[4]),
                              "unsafe": bool(float(row[4]) > thresholds[row[2]]) if row[2] in thresholds
-                             else bool(row[5]), "categories": cats, "top_category": _top_category(cats),
+                             else bool(row[5]), "categories": cats,
                              "metadata": json.loads(row[7]) if row[7] else {}}
+        d["top_category"] = _top_category(cats, d["unsafe"])
         if row[2] == "image":
             d["image_url"] = f"/items/{row[0]}/image"
         return d
