@@ -88,3 +88,19 @@ def test_safe_inputs_get_no_top_category(model):
                                           "a bloody corpse with a knife in its chest, gore"])
     assert not safe.unsafe and safe.to_dict()["top_category"] is None and safe.to_dict()["categories"]
     assert unsafe.unsafe and unsafe.to_dict()["top_category"] in unsafe.categories
+
+
+def test_index_built_without_model_is_searchable_without_model(tmp_path):
+    """The README flow: `hysac index build SRC --out D` then `hysac search --index D` (no --model either time)."""
+    src = tmp_path / "gallery.csv"
+    src.write_text("text\na cat sleeping on a sofa\na bowl of fruit\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = [sys.executable, "-m", "hysac.cli"]
+    built = subprocess.run(run + ["index", "build", str(src), "--out", str(tmp_path / "idx")], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["model_source"] == "hysac-mini"
+    found = subprocess.run(run + ["search", "--index", str(tmp_path / "idx"), "--text", "a cat", "--k", "1",
+                                  "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert found.returncode == 0, found.stderr
+    assert "a cat sleeping on a sofa" in found.stdout

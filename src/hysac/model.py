@@ -89,6 +89,9 @@ class HySAC(nn.Module):
         #: training objective that produced the weights ("hysac" or the Euclidean "safeclip")
         self.objective = "hysac"
         self._model_id: str | None = None
+        #: what :meth:`from_pretrained` was given (registry name, absolute folder or hub id), so that an index can
+        #: record a source that loads the same model again; None for a model built in memory
+        self.source: str | None = None
 
     # ------------------------------------------------------------------------------------------------ scalars
     @property
@@ -373,6 +376,9 @@ class HySAC(nn.Module):
         else:
             raise InputError(f"{folder} holds neither a hysac model ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a released "
                              f"HySAC checkpoint ({RELEASED_WEIGHTS})")
+        key = os.fspath(name_or_path)
+        model.source = key if name is not None and key == name else (
+            str(Path(key).expanduser().resolve()) if Path(key).expanduser().is_dir() else key)
         if dtype is not None:
             model.backbone.to(dtype)
         if device is not None:

@@ -154,7 +154,8 @@ class IndexWriter:
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "model_id": str(model.model_id),
-                "model_source": model_source if model_source is not None else str(model.model_id),
+                "model_source": model_source if model_source is not None else (getattr(model, "source", None)
+                                                                                 or str(model.model_id)),
                 "embed_dim": int(model.embed_dim),
                 "curvature": float(model.curvature),
                 "vector_layout": "stored [x, x_t], query [q, -q_t]: inner product = Lorentz inner product",
