@@ -286,6 +286,12 @@ def source_group(source: str) -> str:
     return GROUPS.get(source.split("+", 1)[0], source)
 
 
+def register_key(source: str) -> str:
+    """The register a text belongs to for pairing and per-register thresholds: its source group, with styled
+    copies (``"<source>+style"``) as a register of their own."""
+    return source_group(source) + ("+style" if "+style" in source else "")
+
+
 def leave_out_group(splits: TextSplits, group: str) -> tuple[TextSplits, list[TextExample]]:
     """``splits`` without any text of ``group`` (styled copies included), and every text of that group (all three
     splits) as the held-out test set."""
@@ -295,4 +301,4 @@ def leave_out_group(splits: TextSplits, group: str) -> tuple[TextSplits, list[Te
 
 
 __all__ = ["CorpusConfig", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "leave_out_group",
-           "load_register_sources", "register_splits", "source_group", "unsafe_term_categories"]
+           "load_register_sources", "register_key", "register_splits", "source_group", "unsafe_term_categories"]

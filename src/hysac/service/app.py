@@ -366,10 +366,6 @@ def _load(model: Any, index_dir: Path | None) -> Any:
     return model
 
 
-def _top_category(cats: dict[str, float] | None, unsafe: bool | None) -> dict[str, Any] | None:
-    return safety.top_category(cats, unsafe)
-
-
 # ---------------------------------------------------------------------------------------- OpenAPI body specs
 def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
@@ -602,12 +598,12 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         if image is not None:
             info["image"] = image
         info.update(safety_score=score, unsafe=bool(score > thr), threshold=thr, categories=cat_d,
-                    top_category=_top_category(cat_d, bool(score > thr)))
+                    top_category=safety.top_category(cat_d, bool(score > thr)))
         return info
 
     def result_dict(r: Any) -> dict[str, Any]:
         d = r.to_dict()
-        d["top_category"] = _top_category(r.categories, d.get("unsafe"))
+        d["top_category"] = safety.top_category(r.categories, d.get("unsafe"))
         if r.modality == "image":
             d["image_url"] = f"/items/{r.id}/image"
         return d
@@ -807,7 +803,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                              "unsafe": bool(float(row[4]) > thresholds[row[2]]) if row[2] in thresholds
                              else bool(row[5]), "categories": cats,
                              "metadata": json.loads(row[7]) if row[7] else {}}
-        d["top_category"] = _top_category(cats, d["unsafe"])
+        d["top_category"] = safety.top_category(cats, d["unsafe"])
         if row[2] == "image":
             d["image_url"] = f"/items/{row[0]}/image"
         return d

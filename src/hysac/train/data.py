@@ -117,18 +117,14 @@ def offline_image_splits(d: dict, seed: int):
     return emoji, em_parts
 
 
-def _register_key(source: str) -> str:
-    from ..data.corpus import source_group
-
-    return source_group(source) + ("+style" if "+style" in source else "")
-
-
 def _pair_by_register(unsafe, safe, u_feats, s_feats, pair_nearest) -> np.ndarray:
     """Index into ``safe`` of each unsafe text's counterpart: the nearest safe text (frozen text space) of the same
     register (source group, styled or not), or of all safe texts when that register has none."""
+    from ..data.corpus import register_key
+
     out = np.empty(len(unsafe), dtype=np.int64)
-    s_keys = np.array([_register_key(e.source) for e in safe])
-    u_keys = np.array([_register_key(e.source) for e in unsafe])
+    s_keys = np.array([register_key(e.source) for e in safe])
+    u_keys = np.array([register_key(e.source) for e in unsafe])
     for key in np.unique(u_keys):
         ui = np.flatnonzero(u_keys == key)
         si = np.flatnonzero(s_keys == key)

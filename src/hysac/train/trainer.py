@@ -116,15 +116,9 @@ class Featurizer:
         from tqdm.auto import tqdm
 
         with torch.no_grad():
-            tf = []
-            for i in tqdm(range(0, len(self.data.texts), 256), desc="caching text features", unit="batch"):
-                chunk = self.data.texts[i:i + 256]
-                if all(t in self.text_memo for t in chunk):  # already encoded while pairing
-                    tf.append(torch.stack([self.text_memo[t] for t in chunk]))
-                    continue
-                tok = bb.tokenize(chunk)
-                tf.append(bb.text_base_features(tok["input_ids"].to(self.device),
-                                                tok["attention_mask"].to(self.device)).float().cpu())
+            # every pool text once, in length-sorted batches (texts encoded while pairing come from the memo)
+            frozen_text_space(bb, self.data.texts, self.device, self.text_memo)
+            tf = [torch.stack([self.text_memo[t] for t in self.data.texts])] if self.data.texts else []
             imf = []
             for i in tqdm(range(0, len(self.data.images), 64), desc="caching image features", unit="batch"):
                 pix = bb.preprocess_images([load_image(p) for p in self.data.images[i:i + 64]])
@@ -197,20 +191,15 @@ def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor
     fn = getattr(backbone, "text_base_features", None) or backbone.text_features
     from tqdm.auto import tqdm
 
-    sorter = getattr(backbone, "length_sorted_batches", None)
+    from ..fast.text import length_sorted_batches
+
+    order, batches = length_sorted_batches(backbone, todo, 128)  # little padding is computed
+    done = 0
     with torch.no_grad():
-        if sorter is not None and todo:  # length-sorted batches: little padding is computed
-            order, batches = sorter(todo, 128)
-            done = 0
-            for tok in tqdm(batches, total=-(-len(todo) // 128), desc="encoding texts", unit="batch",
-                            disable=len(todo) < 2048):
-                chunk = [todo[j] for j in order[done:done + tok["input_ids"].shape[0]]]
-                done += len(chunk)
-                feats = fn(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
-                memo.update(zip(chunk, feats))
-        for i in range(0, len(todo) if sorter is None else 0, 256):
-            chunk = todo[i:i + 256]
-            tok = backbone.tokenize(chunk)
+        for tok in tqdm(batches, total=-(-len(todo) // 128), desc="encoding texts", unit="batch",
+                        disable=len(todo) < 2048):
+            chunk = [todo[j] for j in order[done:done + tok["input_ids"].shape[0]]]
+            done += len(chunk)
             feats = fn(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu()
             memo.update(zip(chunk, feats))
     return torch.stack([memo[t] for t in texts]).numpy()
@@ -658,11 +647,11 @@ class Trainer:
     def _register_fpr_threshold(self, fpr: float) -> float:
         """The lowest text threshold at which the false-positive rate of the safe texts of *every* register (source
         group, styled copies apart) on the validation split is at most ``fpr``."""
-        from .data import _register_key
+        from ..data.corpus import register_key
 
         es = self.data.val
         scores = self._text_scores("val")
-        keys = np.array([_register_key(s) for s in es.text_source])
+        keys = np.array([register_key(s) for s in es.text_source])
         safe = es.text_label == 0
         worst = -np.inf
         for key in np.unique(keys[safe]):
@@ -696,9 +685,8 @@ class Trainer:
         es = getattr(self.data, split)
         c = self.model.curvature
         with torch.no_grad():
-            t = self.model.lift_text(self.feat.text(torch.as_tensor(es.text_idx)).float()).cpu()
             im = self.model.lift_image(self.feat.image(torch.as_tensor(es.image_idx)).float()).cpu()
-        ts, ims = L.dist0(t, c).numpy(), L.dist0(im, c).numpy()
+        ts, ims = self._text_scores(split), L.dist0(im, c).numpy()
         out = {"S": ts[es.text_label == 0], "U": ts[es.text_label == 1]}
         if (es.image_label == 0).any():
             out["V"] = ims[es.image_label == 0]
