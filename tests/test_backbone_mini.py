@@ -465,3 +465,73 @@ print("RESULT" + json.dumps({"t": t[0].tolist(), "i": i[0].tolist()}))
         i = bb.image_features(bb.preprocess_images([Image.new("RGB", (300, 200), (200, 30, 40))]))
     torch.testing.assert_close(torch.tensor(got["t"]), t[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(got["i"]), i[0], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ConSE image bridge
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_conse_bridge_is_the_convex_combination_of_top_k_class_features():
+    from hysac.backbones.mini import ConseBridge
+
+    torch.manual_seed(0)
+    bridge = ConseBridge(top_k=3, temperature=2.0)
+    bridge.class_text.copy_(torch.randn_like(bridge.class_text))
+    logits = torch.randn(4, 1000) * 3
+    out = bridge(logits)
+    probs = (logits / 2.0).softmax(-1)
+    for b in range(4):
+        top = probs[b].topk(3)
+        w = top.values / top.values.sum()
+        expected = (w.unsqueeze(1) * bridge.class_text[top.indices]).sum(0)
+        assert torch.allclose(out[b], expected, atol=1e-5)
+    # a classifier sure of one class puts the image exactly on that class's features
+    sure = torch.full((1, 1000), -50.0)
+    sure[0, 281] = 50.0
+    assert torch.allclose(bridge(sure)[0], bridge.class_text[281], atol=1e-5)
+
+
+def test_imagenet_class_names_shipped_in_classifier_order():
+    from hysac.backbones.mini import imagenet_class_names
+
+    names = imagenet_class_names()
+    assert len(names) == 1000
+    assert names[0][0] == "tench" and names[281][:2] == ["tabby", "tabby cat"] and names[999][0] == "toilet tissue"
+
+
+def test_conse_backbone_places_photos_by_content_and_round_trips(bb, tmp_path):
+    """With the ConSE bridge, the cat photo is nearest (cosine, before any training) to "a photo of a cat" among
+    the sample photos, the class features travel in the trainable state, and a rebuilt backbone agrees exactly."""
+    skd = pytest.importorskip("skimage.data")
+    from safetensors.torch import load_file, save_file
+
+    conse = build_backbone({"kind": "mini", "image_bridge": "conse", "conse_top_k": 5, "head": "linear"})
+    assert conse.config()["image_bridge"] == "conse"
+    photos = {"cat": skd.chelsea(), "coffee": skd.coffee(), "rocket": skd.rocket(), "astronaut": skd.astronaut()}
+    px = conse.preprocess_images([Image.fromarray(a) for a in photos.values()])
+    with torch.no_grad():
+        base = conse.image_base_features(px)
+        bridged = conse.image_text_features(base)
+        tok = conse.tokenize(["a photo of a cat", "a cup of coffee", "a rocket", "an astronaut"])
+        queries = conse.text_base_features(tok["input_ids"], tok["attention_mask"])
+    sims = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(bridged, dim=-1).T
+    assert sims.argmax(dim=1).tolist() == [0, 1, 2, 3]
+    names, protos = conse.image_class_prototypes()
+    assert len(names) == 1000 and protos.shape == (1000, conse.embed_dim)
+    sd = conse.trainable_state_dict()
+    assert "image_head.class_text" in sd and not any(k.startswith("image_head.") and "weight" in k for k in sd)
+    save_file(sd, str(tmp_path / "heads.safetensors"))
+    again = build_backbone(json.loads(json.dumps(conse.config())))
+    again.load_trainable_state_dict(load_file(str(tmp_path / "heads.safetensors")))
+    assert again.image_head.ready
+    with torch.no_grad():
+        assert torch.equal(again.image_features(px), conse.image_features(px))
+    assert build_backbone({"kind": "mini"}).image_class_prototypes() is None
+
+
+@pytest.mark.parametrize("cfg", [{"image_bridge": "clip"}, {"image_bridge": "conse", "conse_top_k": 0},
+                                 {"image_bridge": "conse", "conse_temperature": float("nan")},
+                                 {"image_bridge": "conse", "unfreeze_image_blocks": 1}])
+def test_conse_bad_config_rejected(cfg):
+    with pytest.raises(InputError):
+        MiniBackbone(**cfg)

@@ -112,6 +112,12 @@ class Backbone(nn.Module, ABC):
         True), else leave them and return False (callers then use autocast instead)."""
         return False
 
+    def image_class_prototypes(self) -> "tuple[list[str], Tensor] | None":
+        """Where images that the image tower is sure show one of its known object classes land, before the lift:
+        ``(class names, (K, embed_dim) features)``, or ``None`` when the tower has no such classes. Used to
+        calibrate the image threshold on everyday objects."""
+        return None
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Tensors that a checkpoint of a model on this backbone must store (default: all of them)."""
         return self.state_dict()

@@ -7,6 +7,11 @@
   (the 1280-d input of the ImageNet classifier).
 * Heads: small trainable projections (``"linear"`` or ``"mlp"``) from 384 / 1280 to ``embed_dim``, i.e. into the
   tangent space at the origin of the hyperboloid.
+* Image bridge (``image_bridge="conse"``): instead of a learned 1280→``embed_dim`` head, an image is placed where the
+  text tower puts the names of what the ImageNet classifier sees in it — ConSE (Norouzi et al., ICLR 2014): the
+  convex combination of the text-tower features of its top-k ImageNet class names (``"a photo of a <name>"``),
+  weighted by the classifier's renormalised probabilities, then the *text* head. Text→photo search and image safety
+  then inherit what the text side knows. Class names: ``hysac/pretrained/imagenet_classes.tsv`` (WordNet lemmas).
 
 The towers are frozen by default: they stay in ``eval`` mode whatever :meth:`MiniBackbone.train` is told and run
 under ``torch.no_grad()``; only the heads train, and :meth:`MiniBackbone.trainable_state_dict` holds only them, so a
@@ -66,6 +71,14 @@ IMAGE_MEAN = (PIXEL_MEAN_255 / 255.0,) * 3
 IMAGE_STD = (PIXEL_STD_255 / 255.0,) * 3
 
 HEAD_TYPES = ("linear", "mlp")
+IMAGE_BRIDGES = ("none", "conse")
+#: number of ImageNet classes of the EfficientNet-Lite0 classifier
+NUM_IMAGENET_CLASSES = 1000
+#: the ImageNet-1k class list (WordNet id, lemmas) in classifier order, shipped with the package
+IMAGENET_CLASSES_FILE = Path(__file__).resolve().parent.parent / "pretrained" / "imagenet_classes.tsv"
+#: lemmas of a class that enter its text embedding (averaged), and the prompt they are put in
+CONSE_LEMMAS = 3
+CONSE_PROMPT = "a photo of a {}"
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
@@ -78,6 +91,10 @@ _DEFAULTS: dict[str, Any] = {
     "max_length": 128,
     "unfreeze_text_layers": 0,
     "unfreeze_image_blocks": 0,
+    "image_bridge": "none",
+    "conse_top_k": 10,
+    "conse_temperature": 1.0,
+    "conse_train_head": True,
     "seed": 0,
 }
 # keys config() writes for information; from_config accepts them only with these values
@@ -183,6 +200,64 @@ def make_heads(embed_dim: int, head: str = "linear", head_hidden: int = 512, hea
     return text, image
 
 
+def imagenet_class_names(path: Path = IMAGENET_CLASSES_FILE) -> list[list[str]]:
+    """The 1000 ImageNet-1k classes in classifier order, each as its list of WordNet lemmas
+    (``[["tench", "Tinca tinca"], ["goldfish", "Carassius auratus"], ...]``)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            _, lemmas = line.split("\t", 1)
+            rows.append([w.strip() for w in lemmas.split(",") if w.strip()])
+    if len(rows) != NUM_IMAGENET_CLASSES:  # pragma: no cover - a damaged install
+        raise CheckpointError(f"{path}: expected {NUM_IMAGENET_CLASSES} ImageNet classes, found {len(rows)}")
+    return rows
+
+
+def conse_prompts(classes: Sequence[Sequence[str]], lemmas: int = CONSE_LEMMAS) -> tuple[list[str], Tensor]:
+    """Prompts for the class-name embeddings: ``"a photo of a <lemma>"`` for the first ``lemmas`` lemmas of each
+    class. Returns ``(prompts, owner)`` with ``owner[j]`` the class index of ``prompts[j]``."""
+    prompts, owner = [], []
+    for i, names in enumerate(classes):
+        for name in list(names)[:lemmas]:
+            prompts.append(CONSE_PROMPT.format(name))
+            owner.append(i)
+    return prompts, torch.tensor(owner, dtype=torch.long)
+
+
+class ConseBridge(nn.Module):
+    """ImageNet logits → a point in the text tower's feature space (ConSE).
+
+    ``forward(logits (B,1000)) -> (B,384)``: ``softmax(logits / temperature)``, keep the ``top_k`` classes,
+    renormalise their probabilities to sum to 1, and return that convex combination of the rows of
+    ``class_text`` (1000,384), the text-tower features of the class names. ``class_text`` is a buffer saved with
+    the trainable state (so a loaded model never re-encodes the names); :meth:`MiniBackbone.head_image` fills it
+    from the text tower when it is still empty.
+    """
+
+    def __init__(self, top_k: int = 10, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.top_k = int(top_k)
+        self.temperature = float(temperature)
+        self.register_buffer("class_text", torch.zeros(NUM_IMAGENET_CLASSES, TEXT_BASE_DIM))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.class_text.abs().sum() > 0)
+
+    def weights(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,1000) logits → (values (B,k), class indices (B,k)): the renormalised top-k class probabilities."""
+        probs = (logits.float() / self.temperature).softmax(dim=-1)
+        values, idx = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)
+        return values / values.sum(dim=-1, keepdim=True).clamp(min=1e-12), idx
+
+    def forward(self, logits: Tensor) -> Tensor:
+        values, idx = self.weights(logits)
+        return torch.einsum("bk,bkd->bd", values, self.class_text.float()[idx])
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, temperature={self.temperature}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the backbone
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,6 +276,12 @@ class MiniBackbone(Backbone):
         unfreeze_text_layers: make the top *k* of the 6 transformer layers trainable (0 = frozen tower).
         unfreeze_image_blocks: make the final 1x1 conv head (+BN) and the top *k* of the 16 MBConv blocks trainable
             (0 = frozen tower). BatchNorm running statistics stay frozen (the image tower is always in eval mode).
+        image_bridge: ``"none"`` (a learned image head on the 1280-d features) or ``"conse"`` (images enter through
+            the ImageNet classifier, the class names' text features and the *text* head; see :class:`ConseBridge`).
+        conse_top_k / conse_temperature: the ConSE combination (top-k classes, softmax temperature).
+        conse_train_head: let the image losses train the shared text head too (default). With ``False`` only texts
+            train it and images move only through the model's visual scale; measured on the register corpus that
+            collapsed training (all radii shrank toward the origin by epoch 3), so it stays an experiment knob.
         seed: seed of the head initialisation (the global RNG is left untouched).
     """
 
@@ -220,6 +301,10 @@ class MiniBackbone(Backbone):
         max_length: int = _DEFAULTS["max_length"],
         unfreeze_text_layers: int = _DEFAULTS["unfreeze_text_layers"],
         unfreeze_image_blocks: int = _DEFAULTS["unfreeze_image_blocks"],
+        image_bridge: str = _DEFAULTS["image_bridge"],
+        conse_top_k: int = _DEFAULTS["conse_top_k"],
+        conse_temperature: float = _DEFAULTS["conse_temperature"],
+        conse_train_head: bool = _DEFAULTS["conse_train_head"],
         seed: int = _DEFAULTS["seed"],
     ) -> None:
         super().__init__()
@@ -241,6 +326,20 @@ class MiniBackbone(Backbone):
             raise InputError(f"mini backbone: head_layernorm must be true or false, got {head_layernorm!r}")
         if max_length > 512:
             raise InputError(f"mini backbone: max_length must be <= 512 (position embeddings), got {max_length}")
+        if image_bridge not in IMAGE_BRIDGES:
+            raise InputError(f"mini backbone: image_bridge must be one of {IMAGE_BRIDGES}, got {image_bridge!r}")
+        conse_top_k = _as_int("conse_top_k", conse_top_k, 1, NUM_IMAGENET_CLASSES)
+        try:
+            conse_temperature = float(conse_temperature)
+        except (TypeError, ValueError):
+            raise InputError(f"mini backbone: conse_temperature must be a number, got {conse_temperature!r}") from None
+        if not (math.isfinite(conse_temperature) and conse_temperature > 0):
+            raise InputError(f"mini backbone: conse_temperature must be a positive number, got {conse_temperature}")
+        if not isinstance(conse_train_head, (bool, np.bool_)):
+            raise InputError(f"mini backbone: conse_train_head must be true or false, got {conse_train_head!r}")
+        if image_bridge == "conse" and unfreeze_image_blocks:
+            raise InputError("mini backbone: image_bridge='conse' reads the frozen ImageNet classifier; "
+                             "unfreeze_image_blocks must be 0")
 
         self.embed_dim = embed_dim
         self.head_type = head
@@ -250,6 +349,10 @@ class MiniBackbone(Backbone):
         self.max_length = max_length
         self.unfreeze_text_layers = unfreeze_text_layers
         self.unfreeze_image_blocks = unfreeze_image_blocks
+        self.image_bridge = image_bridge
+        self.conse_top_k = conse_top_k
+        self.conse_temperature = conse_temperature
+        self.conse_train_head = bool(conse_train_head)
         self.seed = seed
 
         # --- towers (frozen pip-installed weights); their throw-away random init must not advance the global RNG
@@ -267,6 +370,9 @@ class MiniBackbone(Backbone):
         # --- heads, seeded without disturbing the caller's RNG
         self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
                                                      self.head_layernorm, seed)
+        if image_bridge == "conse":
+            # images share the text head; the bridge holds no trainable parameter
+            self.image_head = ConseBridge(conse_top_k, conse_temperature)
         # optional faster stand-ins for the frozen towers (see set_inference_engines); a plain dict, so they are
         # neither submodules nor part of any state dict
         self._engines: dict[str, Any] = {}
@@ -284,6 +390,10 @@ class MiniBackbone(Backbone):
             "max_length": self.max_length,
             "unfreeze_text_layers": self.unfreeze_text_layers,
             "unfreeze_image_blocks": self.unfreeze_image_blocks,
+            "image_bridge": self.image_bridge,
+            "conse_top_k": self.conse_top_k,
+            "conse_temperature": self.conse_temperature,
+            "conse_train_head": self.conse_train_head,
             "seed": self.seed,
             **_FIXED,
         }
@@ -488,8 +598,57 @@ class MiniBackbone(Backbone):
         return self.text_head(_check_feats("text", feats, TEXT_BASE_DIM, self.device))
 
     def head_image(self, feats: Tensor) -> Tensor:
-        """(B,1280) base image features → (B,embed_dim)."""
-        return self.image_head(_check_feats("image", feats, IMAGE_BASE_DIM, self.device))
+        """(B,1280) base image features → (B,embed_dim): the image head, or with ``image_bridge="conse"`` the
+        ImageNet classifier → :class:`ConseBridge` → the text head."""
+        feats = _check_feats("image", feats, IMAGE_BASE_DIM, self.device)
+        if self.image_bridge != "conse":
+            return self.image_head(feats)
+        bridged = self.image_text_features(feats)
+        if self.conse_train_head:
+            return self.text_head(bridged)
+        # the image losses do not move the shared text head (experiment knob, see the class docstring)
+        with torch.no_grad():
+            return self.text_head(bridged)
+
+    def image_text_features(self, feats: Tensor) -> Tensor:
+        """With ``image_bridge="conse"``: (B,1280) base image features → (B,384) the ConSE point in the text
+        tower's feature space (what the text head then projects)."""
+        if self.image_bridge != "conse":
+            raise InputError("mini backbone: image_text_features needs image_bridge='conse'")
+        self._ensure_class_text()
+        with torch.no_grad():
+            return self.image_head(self.imagenet_logits(_check_feats("image", feats, IMAGE_BASE_DIM, self.device)))
+
+    def image_class_prototypes(self) -> tuple[list[str], Tensor] | None:
+        """With ``image_bridge="conse"``: the 1000 ImageNet class names and ``(1000, embed_dim)`` head outputs of
+        an image whose classifier output is that class alone (its class-name features through the text head)."""
+        if self.image_bridge != "conse":
+            return None
+        self._ensure_class_text()
+        names = [", ".join(n) for n in imagenet_class_names()]
+        return names, self.text_head(self.image_head.class_text.float())
+
+    def imagenet_logits(self, feats: Tensor) -> Tensor:
+        """(B,1280) base image features → (B,1000) logits of the frozen EfficientNet-Lite0 ImageNet classifier."""
+        fc = self.image_model._fc
+        return nn.functional.linear(feats.float(), fc.weight.float(), fc.bias.float())
+
+    def _ensure_class_text(self) -> None:
+        """Fill the ConSE class-name features from the text tower (once; a loaded checkpoint already holds them)."""
+        bridge = self.image_head
+        if bridge.ready:
+            return
+        prompts, owner = conse_prompts(imagenet_class_names())
+        feats = torch.zeros(len(prompts), TEXT_BASE_DIM)
+        with torch.no_grad():
+            order, batches = self.length_sorted_batches(prompts, 256)
+            rows = []
+            for batch in batches:
+                rows.append(self.text_base_features(batch["input_ids"], batch["attention_mask"]).float().cpu())
+            feats[torch.as_tensor(order)] = torch.cat(rows)
+            sums = torch.zeros(NUM_IMAGENET_CLASSES, TEXT_BASE_DIM).index_add_(0, owner, feats)
+            counts = torch.bincount(owner, minlength=NUM_IMAGENET_CLASSES).clamp(min=1).unsqueeze(1)
+            bridge.class_text.copy_((sums / counts).to(bridge.class_text.device))
 
     def text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.head_text(self.text_base_features(input_ids, attention_mask))
@@ -539,7 +698,8 @@ class MiniBackbone(Backbone):
 
     def extra_repr(self) -> str:
         return (f"text={TEXT_MODEL_NAME}, image={IMAGE_MODEL_NAME}, embed_dim={self.embed_dim}, "
-                f"head={self.head_type}, unfreeze_text_layers={self.unfreeze_text_layers}, "
+                f"head={self.head_type}, image_bridge={self.image_bridge}, "
+                f"unfreeze_text_layers={self.unfreeze_text_layers}, "
                 f"unfreeze_image_blocks={self.unfreeze_image_blocks}")
 
 
@@ -577,11 +737,13 @@ def _short_list(keys: list[str], n: int = 20) -> str:
 
 
 __all__ = [
+    "ConseBridge",
     "IMAGE_MEAN",
     "IMAGE_SIZE",
     "IMAGE_STD",
     "MiniBackbone",
     "image_weights_path",
+    "imagenet_class_names",
     "make_heads",
     "mean_pool",
     "resize_center_crop",

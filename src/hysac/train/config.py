@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         # texts from every register (hysac.data.corpus; a dict of CorpusConfig settings, {} for the defaults);
         # None: the older I2P + COCO + safe art prompts mix
         "corpus": None,
+        "photos": False,  # real photos (hysac.data.photos) in the validation / test splits, never trained on
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "visu_train": None, "visu_val": None, "visu_test": None, "coco_root": None, "visu_root": None,
@@ -78,7 +79,12 @@ DEFAULTS: dict[str, Any] = {
     "patience": 4,  # epochs without improvement before early stopping
     "select_metric": "auroc_text",  # or "recall_sum" (the paper's)
     "max_steps": None,  # stop after this many optimizer steps (interruption/testing)
+    # text: "youden", "accuracy", or "register_fpr@<rate>" / "register_fpr@prompts=0.03,requests=0.06,..." (FPR
+    # at most the rate in every register of the validation split)
     "threshold_criterion": "youden",
+    # images: None (same as the text criterion), "youden", or "source_fpr@<rate>" (FPR at most the rate on every
+    # image source of the validation split and on the backbone's object-class prototypes)
+    "threshold_criterion_image": None,
 }
 
 

@@ -52,6 +52,7 @@ class EvalSet:
     pair_text: np.ndarray  # caption index ↔
     pair_image: np.ndarray  # image index (same position)
     pair_unsafe: np.ndarray  # bool per pair
+    image_source: np.ndarray | None = None  # str per image ("openmoji", "clipart", "skimage", "wallpapers")
 
 
 @dataclass
@@ -99,20 +100,34 @@ def offline_image_splits(d: dict, seed: int):
                             codepoints=d.get("emoji_codepoints"))
     if len(emoji) == 0:
         raise InputError("no OpenMoji images could be rendered")
+    import pandas as pd
+
+    emoji = emoji.assign(source="openmoji")
     if d.get("clipart"):  # Open Clip Art (Debian openclipart-png) as a second image source
         import pandas as pd
 
         from ..data.clipart import load_openclipart
 
         clip = load_openclipart(d.get("clipart_root"), max_safe=d.get("clipart_max_safe", 2000), seed=seed)
-        emoji = pd.concat([emoji[["path", "codepoints", "caption", "unsafe", "categories"]], clip],
-                          ignore_index=True)
+        emoji = pd.concat([emoji[["path", "codepoints", "caption", "unsafe", "categories", "source"]],
+                           clip.assign(source="clipart")], ignore_index=True)
+    emoji = emoji[["path", "codepoints", "caption", "unsafe", "categories", "source"]]
     em_parts: list[list[int]] = [[], [], []]
     fr = (1 - d["val_fraction"] - d["test_fraction"], d["val_fraction"], d["test_fraction"])
     for flag in (0, 1):  # stratified by the unsafe flag
         idx = np.flatnonzero(emoji["unsafe"].to_numpy() == flag)
         for part, sel in zip(em_parts, split_indices(len(idx), fr, seed=seed + 10 + flag)):
             part.extend(idx[sel].tolist())
+    if d.get("photos"):  # real photos: calibration (val) and test only, never trained on
+        from ..data.photos import load_photos
+
+        photos = load_photos()
+        if len(photos):
+            start = len(emoji)
+            emoji = pd.concat([emoji, photos], ignore_index=True)
+            order = np.random.default_rng(seed + 20).permutation(len(photos))
+            em_parts[1].extend((start + order[0::2]).tolist())
+            em_parts[2].extend((start + order[1::2]).tolist())
 
     return emoji, em_parts
 
@@ -172,6 +187,7 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
     em_caption = emoji["caption"].tolist()
     em_path = emoji["path"].tolist()
     em_unsafe = emoji["unsafe"].to_numpy().astype(bool)
+    em_source = emoji["source"].to_numpy().astype(str)
     em_cats = np.stack([categories_to_multihot(c) for c in emoji["categories"]]).astype(np.float32)
 
     # --- train families
@@ -218,6 +234,7 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
             pair_text=np.array([texts.add(em_caption[i]) for i in em_idx], dtype=np.int64),
             pair_image=i_idx.copy(),
             pair_unsafe=em_unsafe[em_idx] if em_idx else np.zeros(0, bool),
+            image_source=em_source[em_idx] if em_idx else np.zeros(0, dtype=object),
         )
 
     info = {"train_unsafe_texts": len(unsafe_tr), "train_safe_texts": len(safe_tr), "images": len(emoji),

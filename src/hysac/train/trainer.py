@@ -644,20 +644,54 @@ class Trainer:
             t = self.model.lift_text(self.feat.text(torch.as_tensor(es.text_idx)).float()).cpu()
         return L.dist0(t, self.model.curvature).numpy()
 
-    def _register_fpr_threshold(self, fpr: float) -> float:
+    def _register_fpr_threshold(self, spec: str) -> float:
         """The lowest text threshold at which the false-positive rate of the safe texts of *every* register (source
-        group, styled copies apart) on the validation split is at most ``fpr``."""
-        from ..data.corpus import register_key
+        group; styled copies as a register of their own) on the validation split is at most its target.
 
+        ``spec`` is one rate for all registers (``"0.05"``) or per source group
+        (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
+        strictest rate given)."""
+        from ..data.corpus import register_key, source_group
+
+        targets = parse_rate_spec(spec)
         es = self.data.val
         scores = self._text_scores("val")
         keys = np.array([register_key(s) for s in es.text_source])
         safe = es.text_label == 0
         worst = -np.inf
         for key in np.unique(keys[safe]):
+            rate = targets.get(source_group(key.split("+", 1)[0]), targets.get("*", min(targets.values())))
             sel = scores[safe & (keys == key)]
-            worst = max(worst, float(np.quantile(sel, 1.0 - fpr, method="higher")))
+            worst = max(worst, float(np.quantile(sel, 1.0 - rate, method="higher")))
         return worst
+
+    def _image_scores(self, split: str) -> np.ndarray:
+        es = getattr(self.data, split)
+        with torch.no_grad():
+            im = self.model.lift_image(self.feat.image(torch.as_tensor(es.image_idx)).float()).cpu()
+        return L.dist0(im, self.model.curvature).numpy()
+
+    def _prototype_scores(self) -> np.ndarray | None:
+        """Distances from the origin of the backbone's object-class prototypes (``None`` if it has none)."""
+        with torch.no_grad():
+            protos = self.model.backbone.image_class_prototypes()
+            if protos is None:
+                return None
+            x = self.model.lift_image(protos[1].float()).cpu()
+        return L.dist0(x, self.model.curvature).numpy()
+
+    def _image_source_threshold(self, rate: float) -> float:
+        """The lowest image threshold at which, on the validation split, at most ``rate`` of the safe images of
+        every image source (emoji, clip art, photos) and of the object-class prototypes are flagged."""
+        es = self.data.val
+        scores = self._image_scores("val")
+        safe = es.image_label == 0
+        src = es.image_source if es.image_source is not None else np.array(["images"] * len(scores))
+        groups = [scores[safe & (src == s)] for s in np.unique(src[safe])]
+        protos = self._prototype_scores()
+        if protos is not None:
+            groups.append(protos)
+        return max(float(np.quantile(g, 1.0 - rate, method="higher")) for g in groups if len(g))
 
     def register_report(self, split: str) -> dict[str, dict[str, float]]:
         """Per source (styled copies apart): n, FPR on its safe texts and TPR on its unsafe texts at the model's
@@ -812,14 +846,17 @@ class Trainer:
             tlab = np.concatenate([np.zeros(len(dists["S"])), np.ones(len(dists["U"]))])
             crit = self.cfg.get("threshold_criterion", "youden")
             if str(crit).startswith("register_fpr@"):
-                thresholds["text"] = self._register_fpr_threshold(float(str(crit).split("@", 1)[1]))
+                thresholds["text"] = self._register_fpr_threshold(str(crit).split("@", 1)[1])
                 crit = "youden"  # images: no registers
             else:
                 thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
-            if "V" in dists and "G" in dists:
+            icrit = str(self.cfg.get("threshold_criterion_image") or crit)
+            if icrit.startswith("source_fpr@"):
+                thresholds["image"] = self._image_source_threshold(float(icrit.split("@", 1)[1]))
+            elif "V" in dists and "G" in dists:
                 iscores = np.concatenate([dists["V"], dists["G"]])
                 ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
-                thresholds["image"] = float(best_threshold(iscores, ilab, crit)[0])
+                thresholds["image"] = float(best_threshold(iscores, ilab, icrit)[0])
             self.model.bounds = fit_bounds(dists, thresholds=thresholds)
         result["val"] = self.evaluate("val")
         result["test"] = self.evaluate("test")
@@ -836,6 +873,21 @@ class Trainer:
                 (Path(export) / "training_config.json").write_text(dump_config(self.cfg))
                 self.log(f"exported model to {export}")
         return result
+
+
+def parse_rate_spec(spec: str) -> dict[str, float]:
+    """``"0.05"`` → ``{"*": 0.05}``; ``"prompts=0.03,requests=0.06"`` → ``{"prompts": 0.03, "requests": 0.06}``."""
+    out: dict[str, float] = {}
+    for part in str(spec).replace(" ", "").split(","):
+        key, sep, value = part.rpartition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise InputError(f"threshold rate {part!r} in {spec!r}: not a number") from None
+        if not 0.0 <= rate < 1.0:
+            raise InputError(f"threshold rate {part!r} in {spec!r}: must be in [0, 1)")
+        out[key if sep else "*"] = rate
+    return out
 
 
 def selection_score(expr: str, metrics: dict[str, Any]) -> float:
