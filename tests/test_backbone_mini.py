@@ -535,3 +535,69 @@ def test_conse_backbone_places_photos_by_content_and_round_trips(bb, tmp_path):
 def test_conse_bad_config_rejected(cfg):
     with pytest.raises(InputError):
         MiniBackbone(**cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA on the top of the text tower
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_bb() -> MiniBackbone:
+    b = build_backbone({"kind": "mini", "text_lora": {"r": 4, "alpha": 8, "layers": 2}})
+    with torch.no_grad():  # non-trivial adapters (they start as the identity)
+        gen = torch.Generator().manual_seed(0)
+        for name, p in b.text_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return b.eval()
+
+
+def test_lora_trains_only_adapters_of_the_top_layers(lora_bb):
+    trainable = {n for n, p in lora_bb.text_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".")[2] for n in trainable} == {"4", "5"}
+    assert lora_bb.text_trainable_from() == 4
+    keys = [k for k in lora_bb.trainable_state_dict() if k.startswith("text_model.")]
+    assert keys and all("lora_" in k for k in keys)
+
+
+def test_lora_trunk_then_top_equals_the_full_tower(lora_bb):
+    tok = lora_bb.tokenize(TEXTS[:3])  # different lengths: padding is masked the same way
+    with torch.no_grad():
+        full = lora_bb.text_base_features(tok["input_ids"], tok["attention_mask"])
+        states = lora_bb.text_trunk_states(tok["input_ids"], tok["attention_mask"])
+        top = lora_bb.text_top_features(states, tok["attention_mask"])
+        alone = [lora_bb.text_base_features(*[v[i:i + 1, : int(tok["attention_mask"][i].sum())]
+                                               for v in (tok["input_ids"], tok["attention_mask"])]) for i in range(3)]
+    assert torch.allclose(top, full, atol=1e-5)
+    assert torch.allclose(torch.cat(alone), full, atol=1e-4)
+    plain = build_backbone({"kind": "mini"})
+    with torch.no_grad():
+        assert (plain.text_base_features(tok["input_ids"], tok["attention_mask"]) - full).abs().max() > 1e-3
+
+
+def test_lora_round_trip_and_merge(lora_bb, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_file(lora_bb.trainable_state_dict(), str(tmp_path / "t.safetensors"))
+    again = build_backbone(json.loads(json.dumps(lora_bb.config()))).eval()
+    again.load_trainable_state_dict(load_file(str(tmp_path / "t.safetensors")))
+    tok = lora_bb.tokenize(TEXTS[:2])
+    with torch.no_grad():
+        ref = lora_bb.text_base_features(tok["input_ids"], tok["attention_mask"])
+        assert torch.allclose(again.text_base_features(tok["input_ids"], tok["attention_mask"]), ref, atol=1e-6)
+    with pytest.raises(InputError, match="merge"):
+        again.set_inference_engines(text=lambda ids, mask: ref)
+    again.merge_lora()
+    assert again.text_trainable_from() is None
+    assert not any("lora_" in n for n, _ in again.text_model.named_parameters())
+    with torch.no_grad():
+        assert torch.allclose(again.text_base_features(tok["input_ids"], tok["attention_mask"]), ref, atol=1e-5)
+    with pytest.raises(CheckpointError, match="merged"):
+        again.trainable_state_dict()
+
+
+@pytest.mark.parametrize("lora", [{"r": 0}, {"layers": 7}, {"rank": 4}, {"alpha": -1}, {"dropout": 1.0}, "yes"])
+def test_lora_bad_config_rejected(lora):
+    with pytest.raises(InputError):
+        MiniBackbone(text_lora=lora)

@@ -81,3 +81,27 @@ def test_splits_disjoint_styled_copies_follow_their_original():
     assert held and all(source_group(e.source) == "requests" for e in held)
     assert not any(source_group(e.source) == "requests" for p in keep for e in p)
     assert np.mean([e.label for e in held]) > 0.2
+
+
+def test_leave_out_config_makes_the_group_the_test_split(monkeypatch):
+    from hysac.data import corpus as C
+    from hysac.data.text import TextExample
+
+    def fake(cfg):
+        import pandas as pd
+
+        rows = [(f"text {g} {i}", s, i % 2) for g, s in (("prompts", "sd_prompts"), ("requests", "harmful"))
+                for i in range(40)]
+        return pd.DataFrame({"text": [r[0] for r in rows], "source": [r[1] for r in rows],
+                             "group": [C.GROUPS[r[1]] for r in rows], "label": [r[2] for r in rows],
+                             "categories": [["violence"] if r[2] else [] for r in rows]})
+
+    monkeypatch.setattr(C, "load_register_sources", fake)
+    monkeypatch.setattr(C, "Styler", lambda *a, **k: (lambda t: t + ", oil painting"))
+    splits = C.register_splits({"leave_out": "requests", "style_fraction": 0.0})
+    assert splits.test and all(C.source_group(e.source) == "requests" for e in splits.test)
+    assert len(splits.test) == 40
+    assert all(C.source_group(e.source) != "requests" for e in splits.train + splits.val)
+    assert isinstance(splits.test[0], TextExample)
+    with pytest.raises(InputError, match="leave_out"):
+        C.register_splits({"leave_out": "nonsense", "style_fraction": 0.0})

@@ -302,3 +302,23 @@ def test_bench_gpu_tiny_smoke(tmp_path):
     assert len(train["official"]["losses"]) == len(train["fast"]["losses"]) >= 2
     assert train["loss_curve"]["passed"]
     assert "TINY SMOKE RUN" in (tmp_path / "gpu.md").read_text()
+
+
+def test_text_lora_is_merged_before_the_text_engine(texts):
+    """A model whose text tower carries LoRA adapters: the fast path folds them into the weights first, so the
+    bf16 engine runs the tuned tower (same scores as the unmerged model), and training-time engines skip it."""
+    model = HySAC(MiniBackbone(text_lora={"r": 4, "alpha": 8, "layers": 1}), name="lora-test").eval()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for name, p in model.backbone.text_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        before = model.score(model.encode_text(texts))
+    fast.optimize_for_cpu(model, backend="torch", text_precision="bf16", patch_encode=False)
+    assert model.backbone.text_trainable_from() is not None  # training use: adapters kept, no text engine
+    assert "text" not in model.backbone.inference_engines
+    fast.optimize_for_cpu(model, backend="torch", text_precision="bf16")
+    assert model.backbone.text_trainable_from() is None and "text" in model.backbone.inference_engines
+    with torch.no_grad():
+        after = model.score(model.encode_text(texts))
+    assert torch.allclose(before, after, rtol=0.02, atol=2e-3)

@@ -95,6 +95,8 @@ _DEFAULTS: dict[str, Any] = {
     "conse_top_k": 10,
     "conse_temperature": 1.0,
     "conse_train_head": True,
+    "head_anchor": False,
+    "text_lora": None,
     "seed": 0,
 }
 # keys config() writes for information; from_config accepts them only with these values
@@ -187,16 +189,37 @@ def _make_head(in_dim: int, out_dim: int, kind: str, hidden: int, dropout: float
     return nn.Sequential(*layers)
 
 
+class AnchoredHead(nn.Module):
+    """``x (B,in) → anchor(x̂) + head(x) (B,out)``: a fixed orthonormal projection of the unit-normalised input
+    (seeded; Johnson–Lindenstrauss keeps the frozen tower's cosine geometry) plus a trainable head whose last layer
+    starts at zero. Training starts from the pretrained semantics and learns corrections (safety) on top, and
+    weight decay pulls back toward them, so what the tower knows about content is not trained away."""
+
+    def __init__(self, head: nn.Sequential, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.head = head
+        q, _ = torch.linalg.qr(torch.randn(in_dim, out_dim))
+        self.register_buffer("anchor", q.T.contiguous() * math.sqrt(in_dim / out_dim))  # (out, in); ||Ax̂||≈1
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(nn.functional.normalize(x, dim=-1), self.anchor.to(x.dtype)) + self.head(x)
+
+
 def make_heads(embed_dim: int, head: str = "linear", head_hidden: int = 512, head_dropout: float = 0.0,
-               head_layernorm: bool = True, seed: int = 0) -> tuple[nn.Sequential, nn.Sequential]:
+               head_layernorm: bool = True, seed: int = 0, text_anchor: bool = False) -> tuple[nn.Module, nn.Module]:
     """(text head 384→embed_dim, image head 1280→embed_dim), initialised from ``seed`` alone: the global torch RNG
-    is neither used nor advanced."""
+    is neither used nor advanced. ``text_anchor`` makes the text head an :class:`AnchoredHead`."""
     if head not in HEAD_TYPES:
         raise InputError(f"mini backbone: head must be one of {HEAD_TYPES}, got {head!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text = _make_head(TEXT_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
         image = _make_head(IMAGE_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
+        if text_anchor:
+            text = AnchoredHead(text, TEXT_BASE_DIM, embed_dim)
     return text, image
 
 
@@ -279,6 +302,11 @@ class MiniBackbone(Backbone):
         image_bridge: ``"none"`` (a learned image head on the 1280-d features) or ``"conse"`` (images enter through
             the ImageNet classifier, the class names' text features and the *text* head; see :class:`ConseBridge`).
         conse_top_k / conse_temperature: the ConSE combination (top-k classes, softmax temperature).
+        text_lora: LoRA adapters (peft) on the top ``layers`` transformer layers of the text tower, e.g.
+            ``{"r": 8, "alpha": 16, "dropout": 0.1, "layers": 2}`` (query/key/value and the dense projections);
+            ``None`` = frozen tower. :meth:`merge_lora` folds them into the weights for the fast engines.
+        head_anchor: make the text head an :class:`AnchoredHead` (fixed semantic projection + a trainable
+            correction that starts at zero).
         conse_train_head: let the image losses train the shared text head too (default). With ``False`` only texts
             train it and images move only through the model's visual scale; measured on the register corpus that
             collapsed training (all radii shrank toward the origin by epoch 3), so it stays an experiment knob.
@@ -305,6 +333,8 @@ class MiniBackbone(Backbone):
         conse_top_k: int = _DEFAULTS["conse_top_k"],
         conse_temperature: float = _DEFAULTS["conse_temperature"],
         conse_train_head: bool = _DEFAULTS["conse_train_head"],
+        head_anchor: bool = _DEFAULTS["head_anchor"],
+        text_lora: Mapping[str, Any] | None = _DEFAULTS["text_lora"],
         seed: int = _DEFAULTS["seed"],
     ) -> None:
         super().__init__()
@@ -337,6 +367,11 @@ class MiniBackbone(Backbone):
             raise InputError(f"mini backbone: conse_temperature must be a positive number, got {conse_temperature}")
         if not isinstance(conse_train_head, (bool, np.bool_)):
             raise InputError(f"mini backbone: conse_train_head must be true or false, got {conse_train_head!r}")
+        text_lora = _check_lora(text_lora)
+        if text_lora and unfreeze_text_layers:
+            raise InputError("mini backbone: use text_lora or unfreeze_text_layers, not both")
+        if not isinstance(head_anchor, (bool, np.bool_)):
+            raise InputError(f"mini backbone: head_anchor must be true or false, got {head_anchor!r}")
         if image_bridge == "conse" and unfreeze_image_blocks:
             raise InputError("mini backbone: image_bridge='conse' reads the frozen ImageNet classifier; "
                              "unfreeze_image_blocks must be 0")
@@ -353,6 +388,9 @@ class MiniBackbone(Backbone):
         self.conse_top_k = conse_top_k
         self.conse_temperature = conse_temperature
         self.conse_train_head = bool(conse_train_head)
+        self.head_anchor = bool(head_anchor)
+        self.text_lora = text_lora
+        self._lora_merged = False
         self.seed = seed
 
         # --- towers (frozen pip-installed weights); their throw-away random init must not advance the global RNG
@@ -366,10 +404,12 @@ class MiniBackbone(Backbone):
         for _, module in self._unfrozen_tower_modules():
             for p in module.parameters():
                 p.requires_grad_(True)
+        if text_lora:
+            _inject_text_lora(self.text_model, text_lora)
 
         # --- heads, seeded without disturbing the caller's RNG
         self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
-                                                     self.head_layernorm, seed)
+                                                     self.head_layernorm, seed, self.head_anchor)
         if image_bridge == "conse":
             # images share the text head; the bridge holds no trainable parameter
             self.image_head = ConseBridge(conse_top_k, conse_temperature)
@@ -394,6 +434,8 @@ class MiniBackbone(Backbone):
             "conse_top_k": self.conse_top_k,
             "conse_temperature": self.conse_temperature,
             "conse_train_head": self.conse_train_head,
+            "head_anchor": self.head_anchor,
+            "text_lora": dict(self.text_lora) if self.text_lora else None,
             "seed": self.seed,
             **_FIXED,
         }
@@ -444,9 +486,10 @@ class MiniBackbone(Backbone):
         super().train(mode)
         self.text_model.eval()
         self.image_model.eval()
-        if mode and self.unfreeze_text_layers:
+        k = self.unfreeze_text_layers or (self.text_lora["layers"] if self.text_lora and not self._lora_merged else 0)
+        if mode and k:
             layers = self.text_model.encoder.layer
-            for i in range(len(layers) - self.unfreeze_text_layers, len(layers)):
+            for i in range(len(layers) - k, len(layers)):
                 layers[i].train(True)
         return self
 
@@ -459,6 +502,13 @@ class MiniBackbone(Backbone):
         for prefix, module in self._trainable_modules():
             for key, value in module.state_dict().items():
                 out[f"{prefix}.{key}"] = value.contiguous()
+        if self.text_lora:
+            if self._lora_merged:
+                raise CheckpointError("mini backbone: the text LoRA adapters were merged into the weights "
+                                      "(merge_lora); save the model before merging")
+            for key, value in self.text_model.state_dict().items():
+                if "lora_" in key:
+                    out[f"text_model.{key}"] = value.contiguous()
         return out
 
     def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> LoadResult:
@@ -538,7 +588,7 @@ class MiniBackbone(Backbone):
         input_ids, attention_mask = self._check_tokens(input_ids, attention_mask)
         if input_ids.shape[0] == 0:
             return torch.zeros(0, TEXT_BASE_DIM, device=self.device)
-        track = torch.is_grad_enabled() and self.unfreeze_text_layers > 0
+        track = torch.is_grad_enabled() and self.text_trainable_from() is not None
         engine = self._engine("text", input_ids)
         if engine is not None and not track:
             return engine(input_ids, attention_mask)
@@ -570,6 +620,8 @@ class MiniBackbone(Backbone):
         unfrozen layers cannot take one (its weights change during training)."""
         if text is not None and self.unfreeze_text_layers:
             raise InputError("mini backbone: no text engine on a text tower with unfrozen layers")
+        if text is not None and self.text_lora and not self._lora_merged:
+            raise InputError("mini backbone: merge the text LoRA adapters (merge_lora) before installing a text engine")
         if image is not None and self.unfreeze_image_blocks:
             raise InputError("mini backbone: no image engine on an image tower with unfrozen blocks")
         engines = dict(getattr(self, "_engines", None) or {})
@@ -592,6 +644,58 @@ class MiniBackbone(Backbone):
         if not engines or x.device.type != "cpu":
             return None
         return engines.get(tower)
+
+    # ------------------------------------------------------------------ trainable top of the text tower
+    def text_trainable_from(self) -> int | None:
+        """Index of the first text-tower layer that trains (unfrozen or with LoRA), ``None`` for a frozen tower."""
+        if self.unfreeze_text_layers:
+            return TEXT_NUM_LAYERS - self.unfreeze_text_layers
+        if self.text_lora and not self._lora_merged:
+            return TEXT_NUM_LAYERS - int(self.text_lora["layers"])
+        return None
+
+    def text_trunk_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B,L) tokens → (B,L,384) hidden states entering layer :meth:`text_trainable_from` (the frozen trunk,
+        no gradient), so a trainer can cache them and run only the trainable top per step."""
+        start = self.text_trainable_from()
+        if start is None:
+            raise InputError("mini backbone: the text tower is frozen; use text_base_features")
+        input_ids, attention_mask = self._check_tokens(input_ids, attention_mask)
+        with torch.no_grad():
+            out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[start]
+
+    def text_top_features(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B,L,384) :meth:`text_trunk_states`, (B,L) mask → (B,384) mean-pooled output of the trainable top
+        layers: ``text_top_features(text_trunk_states(ids, m), m) == text_base_features(ids, m)``."""
+        start = self.text_trainable_from()
+        if start is None:
+            raise InputError("mini backbone: the text tower is frozen; use text_base_features")
+        mask = attention_mask.to(device=hidden.device)
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for layer in self.text_model.encoder.layer[start:]:
+            out = layer(hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return mean_pool(hidden, mask)
+
+    def merge_lora(self) -> None:
+        """Fold the text LoRA adapters into the tower weights and drop them (inference only: the tower is then
+        a plain MiniLM with new weights, which the fast engines export and fingerprint). No-op without LoRA."""
+        if not self.text_lora or self._lora_merged:
+            return
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.text_model.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                parent = self.text_model.get_submodule(parent_name) if parent_name else self.text_model
+                base = module.get_base_layer()
+                for p in base.parameters():
+                    p.requires_grad_(False)
+                setattr(parent, child, base)
+        self._lora_merged = True
+        self.train(self.training)
 
     def head_text(self, feats: Tensor) -> Tensor:
         """(B,384) base text features → (B,embed_dim)."""
@@ -732,11 +836,54 @@ def _as_int(name: str, value: Any, lo: int | None, hi: int | None = None) -> int
     return value
 
 
+_LORA_KEYS = {"r": 8, "alpha": 16, "dropout": 0.0, "layers": 2}
+_LORA_TARGETS = ["query", "key", "value", "dense"]
+
+
+def _check_lora(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if cfg is None or cfg is False:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise InputError(f"mini backbone: text_lora must be a mapping such as {_LORA_KEYS} or null, got {cfg!r}")
+    unknown = sorted(set(cfg) - set(_LORA_KEYS))
+    if unknown:
+        raise InputError(f"mini backbone: unknown text_lora keys {unknown}; known: {sorted(_LORA_KEYS)}")
+    out = {**_LORA_KEYS, **dict(cfg)}
+    out["r"] = _as_int("text_lora.r", out["r"], 1, 256)
+    out["layers"] = _as_int("text_lora.layers", out["layers"], 1, TEXT_NUM_LAYERS)
+    for key in ("alpha", "dropout"):
+        try:
+            out[key] = float(out[key])
+        except (TypeError, ValueError):
+            raise InputError(f"mini backbone: text_lora.{key} must be a number, got {out[key]!r}") from None
+    if not (math.isfinite(out["alpha"]) and out["alpha"] > 0):
+        raise InputError(f"mini backbone: text_lora.alpha must be > 0, got {out['alpha']}")
+    if not 0.0 <= out["dropout"] < 1.0:
+        raise InputError(f"mini backbone: text_lora.dropout must be in [0, 1), got {out['dropout']}")
+    return out
+
+
+def _inject_text_lora(text_model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """peft LoRA adapters (in place) on the attention and dense projections of the top ``layers`` layers; the
+    adapters start as the identity (B = 0), seeded without touching the global RNG."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    top = list(range(TEXT_NUM_LAYERS - int(cfg["layers"]), TEXT_NUM_LAYERS))
+    config = LoraConfig(r=int(cfg["r"]), lora_alpha=float(cfg["alpha"]), lora_dropout=float(cfg["dropout"]),
+                        target_modules=_LORA_TARGETS, layers_to_transform=top, layers_pattern="layer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        inject_adapter_in_model(config, text_model)
+    for name, p in text_model.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
 def _short_list(keys: list[str], n: int = 20) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
 __all__ = [
+    "AnchoredHead",
     "ConseBridge",
     "IMAGE_MEAN",
     "IMAGE_SIZE",

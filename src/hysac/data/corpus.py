@@ -91,6 +91,7 @@ class CorpusConfig:
     i2p_min_toxicity: float = 0.3
     style_fraction: float = 0.35  # share of eligible texts that also get a styled copy
     style_max_words: int = 40  # only texts up to this many words are styled (long chat texts stay as they are)
+    leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CorpusConfig":
@@ -278,7 +279,14 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
                             seen.add(styled)
                             part.append(TextExample(styled, int(lab), mh, False, f"{source}+style"))
     rng = np.random.default_rng(cfg.seed)
-    return TextSplits(*[[p[i] for i in rng.permutation(len(p))] for p in parts])
+    splits = TextSplits(*[[p[i] for i in rng.permutation(len(p))] for p in parts])
+    if cfg.leave_out is not None:
+        if cfg.leave_out not in set(GROUPS.values()):
+            raise InputError(f"data.corpus.leave_out: unknown source group {cfg.leave_out!r}; known: "
+                             f"{sorted(set(GROUPS.values()))}")
+        keep, held = leave_out_group(splits, cfg.leave_out)
+        splits = TextSplits(keep.train, keep.val, held)
+    return splits
 
 
 def source_group(source: str) -> str:

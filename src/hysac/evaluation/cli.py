@@ -29,9 +29,25 @@ def eval_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the on-disk cache of frozen base "
                                                               "features (every input is encoded)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+    loso: Optional[Path] = typer.Option(None, "--loso", help="Leave-one-source-out instead: train this training "
+                                                             "config once per held-out source group and report "
+                                                             "FPR / TPR / AUROC on it with the baselines "
+                                                             "(writes loso.json / loso.md; default out reports/loso)."),
+    group: List[str] = typer.Option([], "--group", help="With --loso: only these held-out groups (repeatable)."),
 ) -> None:
     """Run retrieval (Tables 1/2/8), classification (Tables 5/6), redirection quality, baselines and figures;
     write report.md, metrics.json and PNGs to the output folder."""
+    if loso is not None:
+        from .loso import run_loso
+
+        if not loso.is_file():
+            raise InputError(f"--loso {loso}: no such training config")
+        log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+        report = run_loso(loso, out or Path("reports/loso"), groups=group or None, log=log)
+        from .loso import to_markdown
+
+        typer.echo(to_markdown(report))
+        return
     from .config import ModelSpec, load_config
     from .runner import run_evaluation
 

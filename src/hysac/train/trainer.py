@@ -31,7 +31,7 @@ from ..losses import HySACLoss, category_loss, class_order_loss, safeclip_loss
 from ..model import HySAC
 from ..safety import CATEGORIES, fit_bounds
 from .config import dump_config
-from .data import TrainData, build_offline, build_visu, dataset_fingerprint, step_rows, steps_per_epoch
+from .data import TrainData, build_offline, build_visu, step_rows, steps_per_epoch
 
 _SCALARS = ("curv", "visual_alpha", "textual_alpha", "logit_scale")
 
@@ -89,7 +89,7 @@ class Featurizer:
     def __init__(self, model: HySAC, data: TrainData, cache_dir: Path | None, use_cache: bool, device,
                  text_memo: dict[str, Tensor] | None = None, loader_workers: int = 0):
         self.model, self.data, self.device = model, data, device
-        self.text_memo = text_memo or {}
+        self.text_memo = text_memo if text_memo is not None else {}
         # images of the uncached path: decoded in loader processes, the next step's while this one trains
         spec = model.backbone.pixel_spec()
         self.loader_workers = int(loader_workers) if spec is not None else 0
@@ -99,38 +99,81 @@ class Featurizer:
         bb = model.backbone
         frozen = not any(p.requires_grad for n, p in bb.named_parameters() if "head" not in n)
         self.cached = bool(use_cache and frozen and hasattr(bb, "text_base_features"))
+        # a text tower that trains only in its top layers (LoRA / unfrozen) beside a frozen image tower: the
+        # trunk's token states and the image features are cached, the top layers and heads run per step
+        text_from = getattr(bb, "text_trainable_from", lambda: None)()
+        image_frozen = not any(p.requires_grad for n, p in bb.named_parameters()
+                               if "head" not in n and not n.startswith("text_model."))
+        self.top_cached = bool(use_cache and not frozen and image_frozen and text_from is not None)
         self.text_cache = self.image_cache = None
+        self.text_states: list[Tensor] = []
         if self.cached:
             self.text_cache, self.image_cache = self._build_cache(cache_dir)
+        elif self.top_cached:
+            self.image_cache = self._build_image_cache(cache_dir)
+            self.text_states = self._build_trunk_states()
 
-    def _build_cache(self, cache_dir: Path | None):
+    def _build_image_cache(self, cache_dir: Path | None) -> Tensor:
         bb = self.model.backbone
-        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if "head" not in k and k != "seed"},
-                                        sort_keys=True).encode() + dataset_fingerprint(self.data).encode())
-        path = None
-        if cache_dir is not None:
-            path = Path(cache_dir) / f"features-{key.hexdigest()[:20]}.safetensors"
-            if path.is_file():
-                t = load_file(str(path))
-                return t["text"], t["image"]
+        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if _tower_key(k) and "text" not in k},
+                                        sort_keys=True).encode())
+        for p in self.data.images:  # the image pool alone: runs over other texts share the file
+            key.update(str(p).encode("utf-8", "surrogatepass") + b"\0")
+        path = None if cache_dir is None else Path(cache_dir) / f"images-{key.hexdigest()[:20]}.safetensors"
+        if path is not None and path.is_file():
+            return load_file(str(path))["image"]
         from tqdm.auto import tqdm
 
+        imf = []
         with torch.no_grad():
-            # every pool text once, in length-sorted batches (texts encoded while pairing come from the memo)
-            frozen_text_space(bb, self.data.texts, self.device, self.text_memo)
-            tf = [torch.stack([self.text_memo[t] for t in self.data.texts])] if self.data.texts else []
-            imf = []
             for i in tqdm(range(0, len(self.data.images), 64), desc="caching image features", unit="batch"):
                 pix = bb.preprocess_images([load_image(p) for p in self.data.images[i:i + 64]])
                 imf.append(bb.image_base_features(pix.to(self.device)).float().cpu())
-        text = torch.cat(tf) if tf else torch.zeros(0, bb.text_base_dim)
         image = torch.cat(imf) if imf else torch.zeros(0, bb.image_base_dim)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes of one torchrun job write alike
-            save_file({"text": text.contiguous(), "image": image.contiguous()}, str(tmp))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"image": image.contiguous()}, str(tmp))
             tmp.replace(path)
-        return text, image
+        return image
+
+    def _build_trunk_states(self) -> list[Tensor]:
+        """Per pool text, the (L_i,384) fp16 token states entering the first trainable text layer (in memory)."""
+        from tqdm.auto import tqdm
+
+        bb = self.model.backbone
+        texts = self.data.texts
+        states: list[Tensor | None] = [None] * len(texts)
+        order, batches = bb.length_sorted_batches(texts, 128)
+        pos = 0
+        with torch.no_grad():
+            for batch in tqdm(batches, total=(len(texts) + 127) // 128, desc="caching text trunk", unit="batch"):
+                mask = batch["attention_mask"]
+                h = bb.text_trunk_states(batch["input_ids"].to(self.device), mask.to(self.device)).cpu()
+                for j in range(h.shape[0]):
+                    states[order[pos + j]] = h[j, : int(mask[j].sum())].to(torch.float16).clone()
+                pos += h.shape[0]
+        return states  # type: ignore[return-value]
+
+    def _top_text(self, idx: list[int], bb) -> Tensor:
+        states = [self.text_states[i] for i in idx]
+        length = max(s.shape[0] for s in states)
+        hidden = torch.zeros(len(states), length, states[0].shape[1])
+        mask = torch.zeros(len(states), length, dtype=torch.long)
+        for j, s in enumerate(states):
+            hidden[j, : s.shape[0]] = s.float()
+            mask[j, : s.shape[0]] = 1
+        return bb.text_top_features(hidden.to(self.device), mask.to(self.device))
+
+    def _build_cache(self, cache_dir: Path | None):
+        """(text, image) base features of the pools: texts through the frozen-space memo (every pool text once,
+        length-sorted), images through :meth:`_build_image_cache`."""
+        bb = self.model.backbone
+        with torch.no_grad():
+            frozen_text_space(bb, self.data.texts, self.device, self.text_memo)
+        text = (torch.stack([self.text_memo[t] for t in self.data.texts]) if self.data.texts
+                else torch.zeros(0, bb.text_base_dim))
+        return text, self._build_image_cache(cache_dir)
 
     def text(self, idx: Tensor, backbone=None) -> Tensor:
         bb = backbone or self.model.backbone
@@ -138,6 +181,15 @@ class Featurizer:
             return torch.zeros(0, bb.embed_dim, device=self.device)
         if self.cached:
             return bb.head_text(self.text_cache[idx.cpu()].to(self.device))
+        if self.top_cached:
+            # length-sorted chunks (little padding, bounded memory), returned in the asked order
+            ids = idx.tolist()
+            order = sorted(range(len(ids)), key=lambda j: self.text_states[ids[j]].shape[0])
+            chunk = 64 if torch.is_grad_enabled() else 256
+            parts = [self._top_text([ids[j] for j in order[k:k + chunk]], bb) for k in range(0, len(order), chunk)]
+            inverse = torch.empty(len(ids), dtype=torch.long)
+            inverse[torch.as_tensor(order)] = torch.arange(len(ids))
+            return bb.head_text(torch.cat(parts)[inverse.to(self.device)])
         tok = bb.tokenize([self.data.texts[i] for i in idx.tolist()])
         return bb.text_features(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
 
@@ -145,7 +197,7 @@ class Featurizer:
         bb = backbone or self.model.backbone
         if idx.numel() == 0:
             return torch.zeros(0, bb.embed_dim, device=self.device)
-        if self.cached:
+        if self.cached or self.top_cached:
             return bb.head_image(self.image_cache[idx.cpu()].to(self.device))
         if self.loader_workers:
             key = tuple(idx.tolist())
@@ -159,7 +211,7 @@ class Featurizer:
     def prefetch(self, keys: list[tuple[int, ...]]) -> None:
         """Start decoding the images of a coming step (tuples of image indices, as :meth:`image` will get them);
         decodes of earlier steps that were not asked for again are dropped."""
-        if not self.loader_workers or self.cached:
+        if not self.loader_workers or self.cached or self.top_cached:
             return
         keep = {k: self._decoded[k] for k in keys if k in self._decoded}
         for k in keys:
@@ -282,8 +334,6 @@ class Trainer:
         self._text_memo = self._load_text_memo(cache_dir)
         n_memo = len(self._text_memo)
         self.data = self._build_data()
-        if len(self._text_memo) > n_memo:
-            self._save_text_memo(cache_dir)
         workers = (cfg.get("perf") or {}).get("loader_workers", "auto")
         if workers == "auto":
             from ..fast.loader import default_workers
@@ -291,6 +341,8 @@ class Trainer:
             workers = default_workers() if self.device.type == "cuda" else 0
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
                                self._text_memo, loader_workers=int(workers))
+        if len(self._text_memo) > n_memo:  # texts encoded for pairing and for the feature cache
+            self._save_text_memo(cache_dir)
         self._text_memo = {}
         self.reference = None
         if cfg["objective"] == "safeclip":  # frozen copy of the initial encoders (Safe-CLIP's "original" model)
@@ -347,7 +399,7 @@ class Trainer:
         bb = self.model.backbone
         if not hasattr(bb, "text_base_features"):
             return None  # only frozen base features are reusable across runs
-        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if "head" not in k and k != "seed"},
+        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if _tower_key(k) and k != "text_lora"},
                                         sort_keys=True).encode()).hexdigest()[:20]
         return Path(cache_dir) / f"text-memo-{key}.safetensors"
 
@@ -645,25 +697,9 @@ class Trainer:
         return L.dist0(t, self.model.curvature).numpy()
 
     def _register_fpr_threshold(self, spec: str) -> float:
-        """The lowest text threshold at which the false-positive rate of the safe texts of *every* register (source
-        group; styled copies as a register of their own) on the validation split is at most its target.
-
-        ``spec`` is one rate for all registers (``"0.05"``) or per source group
-        (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
-        strictest rate given)."""
-        from ..data.corpus import register_key, source_group
-
-        targets = parse_rate_spec(spec)
+        """:func:`register_threshold` of the model's validation scores."""
         es = self.data.val
-        scores = self._text_scores("val")
-        keys = np.array([register_key(s) for s in es.text_source])
-        safe = es.text_label == 0
-        worst = -np.inf
-        for key in np.unique(keys[safe]):
-            rate = targets.get(source_group(key.split("+", 1)[0]), targets.get("*", min(targets.values())))
-            sel = scores[safe & (keys == key)]
-            worst = max(worst, float(np.quantile(sel, 1.0 - rate, method="higher")))
-        return worst
+        return register_threshold(self._text_scores("val"), es.text_label, es.text_source, spec)
 
     def _image_scores(self, split: str) -> np.ndarray:
         es = getattr(self.data, split)
@@ -705,7 +741,7 @@ class Trainer:
         for src in np.unique(es.text_source):
             sel = es.text_source == src
             y, sc = es.text_label[sel], scores[sel]
-            row: dict[str, float] = {"n": int(sel.sum())}
+            row: dict[str, float] = {"n": int(sel.sum()), "n_safe": int((y == 0).sum()), "n_unsafe": int((y == 1).sum())}
             if (y == 0).any():
                 row["fpr"] = float((sc[y == 0] > th).mean())
             if (y == 1).any():
@@ -873,6 +909,31 @@ class Trainer:
                 (Path(export) / "training_config.json").write_text(dump_config(self.cfg))
                 self.log(f"exported model to {export}")
         return result
+
+
+def _tower_key(key: str) -> bool:
+    """Backbone config keys that change the frozen towers' base features (heads and image bridges do not)."""
+    return "head" not in key and "conse" not in key and key not in ("seed", "image_bridge")
+
+
+def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str) -> float:
+    """The lowest threshold at which the false-positive rate of the safe texts of *every* register (source group;
+    styled copies as a register of their own) is at most its target rate.
+
+    ``spec`` is one rate for all registers (``"0.05"``) or per source group
+    (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
+    strictest rate given)."""
+    from ..data.corpus import register_key, source_group
+
+    targets = parse_rate_spec(spec)
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    keys = np.array([register_key(str(s)) for s in sources])
+    safe = labels == 0
+    worst = -np.inf
+    for key in np.unique(keys[safe]):
+        rate = targets.get(source_group(key.split("+", 1)[0]), targets.get("*", min(targets.values())))
+        worst = max(worst, float(np.quantile(scores[safe & (keys == key)], 1.0 - rate, method="higher")))
+    return worst
 
 
 def parse_rate_spec(spec: str) -> dict[str, float]:

@@ -1,0 +1,151 @@
+"""Leave-one-source-out: how the training recipe does on a register it never saw.
+
+For each source group of the register corpus (image-generation prompts, captions, requests, moderation samples,
+tweets; :data:`hysac.data.corpus.GROUPS`) the training config is run with ``data.corpus.leave_out=<group>``: no
+text of that group (styled copies included) trains or validates, so the thresholds are fitted on the other
+registers, and the whole group is the test split. Reported per held-out group at each method's own threshold:
+FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and on the same texts:
+
+* ``hysac`` — the recipe itself (distance from the origin, threshold from the config's rule);
+* ``euclidean-probe`` — logistic regression on the same frozen text features and training texts, its threshold
+  fitted by the same per-register rule on the same validation texts;
+* ``profanity-check`` — ``alt-profanity-check`` at 0.5;
+* ``hysac-mini`` — the shipped model at its own threshold (it was trained on some of these sources).
+
+``hysac eval --loso configs/<train config>.yaml --out DIR`` writes ``DIR/loso.json`` and ``DIR/loso.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import metrics as M
+from ..errors import InputError
+
+GROUP_ORDER = ("prompts", "captions", "requests", "moderation", "tweets")
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """FPR / TPR at ``threshold`` (score > threshold = unsafe) and AUROC where both classes are present."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
+    row: dict[str, Any] = {"n_safe": int((labels == 0).sum()), "n_unsafe": int((labels == 1).sum()),
+                           "threshold": float(threshold)}
+    if row["n_safe"]:
+        row["fpr"] = float((scores[labels == 0] > threshold).mean())
+    if row["n_unsafe"]:
+        row["tpr"] = float((scores[labels == 1] > threshold).mean())
+    if row["n_safe"] and row["n_unsafe"]:
+        row["auroc"] = float(M.auroc(scores, labels))
+    return row
+
+
+def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    from ..train.trainer import Trainer, register_threshold
+
+    trainer = Trainer(cfg, log=log)
+    trainer.fit(resume=True)  # ends with finish(): best checkpoint, thresholds fitted on this fold's validation
+    test, val = trainer.data.test, trainer.data.val
+    out: dict[str, Any] = {"group": group, "sources": sorted({str(s) for s in test.text_source})}
+    y = test.text_label
+    out["hysac"] = operating_point(trainer._text_scores("test"), y, trainer.model.unsafe_threshold("text"))
+    texts = [trainer.data.texts[i] for i in test.text_idx]
+    spec = str(cfg.get("threshold_criterion", "register_fpr@0.05")).split("@", 1)[-1]
+    base = trainer.feat.text_cache  # None when the text tower trains: no frozen features to probe
+
+    def feats(idx) -> np.ndarray:
+        return base[np.asarray(idx)].numpy()
+
+    if "euclidean-probe" in baselines and base is None:
+        out["euclidean-probe"] = {"skipped": "the text tower trains in this config (no frozen base features)"}
+    elif "euclidean-probe" in baselines:
+        from .baselines import LinearProbe
+
+        fam = trainer.data.families
+        unsafe_idx = np.unique(fam["unsafe_text"].rows[:, 2])
+        safe_idx = np.unique(np.concatenate([fam["unsafe_text"].rows[:, 0], fam["safe_text"].rows[:, 0]]))
+        safe_idx = safe_idx[safe_idx >= 0]
+        probe = LinearProbe().fit(np.concatenate([feats(safe_idx), feats(unsafe_idx)]),
+                                  np.r_[np.zeros(len(safe_idx)), np.ones(len(unsafe_idx))])
+        th = register_threshold(probe.score(feats(val.text_idx)), val.text_label, val.text_source, spec)
+        out["euclidean-probe"] = operating_point(probe.score(feats(test.text_idx)), y, th)
+    if "profanity-check" in baselines:
+        from .baselines import profanity_scores
+
+        try:
+            out["profanity-check"] = operating_point(profanity_scores(texts), y, 0.5)
+        except InputError as e:
+            out["profanity-check"] = {"skipped": str(e)}
+    if "hysac-mini" in baselines:
+        import torch
+
+        from ..model import HySAC
+
+        shipped = HySAC.from_pretrained("hysac-mini").eval()
+        with torch.no_grad():
+            scores = shipped.score(shipped.encode_text(texts)).numpy()
+        out["hysac-mini"] = operating_point(scores, y, shipped.unsafe_threshold("text"))
+    return out
+
+
+def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
+             baselines: Sequence[str] = ("euclidean-probe", "profanity-check", "hysac-mini"),
+             overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every fold (each trains in ``<out>/<group>``; a finished fold resumes instantly) and write
+    ``loso.json`` / ``loso.md`` under ``out``."""
+    from ..train.config import load_config
+
+    groups = list(groups or GROUP_ORDER)
+    bad = sorted(set(groups) - set(GROUP_ORDER))
+    if bad:
+        raise InputError(f"loso: unknown source group(s) {bad}; known: {list(GROUP_ORDER)}")
+    out = Path(out)
+    folds = []
+    t0 = time.time()
+    for group in groups:
+        cfg = load_config(train_config, [f"data.corpus.leave_out={group}", f"out_dir={out / group}",
+                                         "export_dir=null", *overrides])
+        if cfg["data"].get("corpus") is None:
+            raise InputError(f"loso: {train_config} does not train on the register corpus (data.corpus)")
+        log(f"loso: holding out {group}")
+        folds.append(_fold(cfg, group, baselines, log))
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores",
+              "train_config": str(train_config), "seconds": round(time.time() - t0, 1), "folds": folds}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loso.json").write_text(json.dumps(report, indent=2))
+    (out / "loso.md").write_text(to_markdown(report))
+    return report
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    methods = ["hysac", "euclidean-probe", "profanity-check", "hysac-mini"]
+    lines = [f"# Leave-one-source-out ({report['date']}, {report['machine']}, `{report['train_config']}`)", "",
+             "Each row: the held-out group's texts, never trained or validated on; FPR on its safe texts / TPR on "
+             "its unsafe texts at each method's own threshold, and AUROC.", "",
+             "| held out | n safe / unsafe | " + " | ".join(f"{m} FPR / TPR / AUROC" for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+
+    def cell(row: dict | None) -> str:
+        if not row or "skipped" in row:
+            return "n/a"
+        return " / ".join("–" if row.get(k) is None else f"{row[k]:.3f}" for k in ("fpr", "tpr", "auroc"))
+
+    for f in report["folds"]:
+        h = f["hysac"]
+        lines.append(f"| {f['group']} | {h['n_safe']} / {h['n_unsafe']} | "
+                     + " | ".join(cell(f.get(m)) for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["GROUP_ORDER", "operating_point", "run_loso", "to_markdown"]
