@@ -34,6 +34,10 @@ def eval_command(
                                                              "FPR / TPR / AUROC on it with the baselines "
                                                              "(writes loso.json / loso.md; default out reports/loso)."),
     group: List[str] = typer.Option([], "--group", help="With --loso: only these held-out groups (repeatable)."),
+    setting: List[str] = typer.Option([], "--set", help="With --loso: training-config override KEY=VALUE, e.g. "
+                                                         "backbone.text_lora=null (repeatable)."),
+    reference: str = typer.Option("hysac-mini", "--reference", help="With --loso: the model scored as the "
+                                                                    "hysac-mini baseline (name or folder)."),
 ) -> None:
     """Run retrieval (Tables 1/2/8), classification (Tables 5/6), redirection quality, baselines and figures;
     write report.md, metrics.json and PNGs to the output folder."""
@@ -43,7 +47,8 @@ def eval_command(
         if not loso.is_file():
             raise InputError(f"--loso {loso}: no such training config")
         log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
-        report = run_loso(loso, out or Path("reports/loso"), groups=group or None, log=log)
+        report = run_loso(loso, out or Path("reports/loso"), groups=group or None, overrides=setting, log=log,
+                          reference=reference)
         from .loso import to_markdown
 
         typer.echo(to_markdown(report))

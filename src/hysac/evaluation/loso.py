@@ -45,7 +45,8 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     return row
 
 
-def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], None],
+          reference: str = "hysac-mini") -> dict[str, Any]:
     from ..train.trainer import Trainer, register_threshold
 
     trainer = Trainer(cfg, log=log)
@@ -86,7 +87,7 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
 
         from ..model import HySAC
 
-        shipped = HySAC.from_pretrained("hysac-mini").eval()
+        shipped = HySAC.from_pretrained(reference).eval()
         with torch.no_grad():
             scores = shipped.score(shipped.encode_text(texts)).numpy()
         out["hysac-mini"] = operating_point(scores, y, shipped.unsafe_threshold("text"))
@@ -95,9 +96,11 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
 
 def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
              baselines: Sequence[str] = ("euclidean-probe", "profanity-check", "hysac-mini"),
-             overrides: Sequence[str] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+             overrides: Sequence[str] = (), log: Callable[[str], None] = print,
+             reference: str = "hysac-mini", reference_label: str | None = None) -> dict[str, Any]:
     """Run every fold (each trains in ``<out>/<group>``; a finished fold resumes instantly) and write
-    ``loso.json`` / ``loso.md`` under ``out``."""
+    ``loso.json`` / ``loso.md`` under ``out``. ``reference`` is the model scored as the ``hysac-mini`` baseline
+    (a name or folder; ``reference_label`` names it in the report)."""
     from ..train.config import load_config
 
     groups = list(groups or GROUP_ORDER)
@@ -113,9 +116,9 @@ def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | 
         if cfg["data"].get("corpus") is None:
             raise InputError(f"loso: {train_config} does not train on the register corpus (data.corpus)")
         log(f"loso: holding out {group}")
-        folds.append(_fold(cfg, group, baselines, log))
-    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores",
-              "train_config": str(train_config), "seconds": round(time.time() - t0, 1), "folds": folds}
+        folds.append(_fold(cfg, group, baselines, log, reference))
+    report = {"reference": reference_label or str(reference), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores",
+              "train_config": str(train_config), "overrides": list(overrides), "seconds": round(time.time() - t0, 1), "folds": folds}
     out.mkdir(parents=True, exist_ok=True)
     (out / "loso.json").write_text(json.dumps(report, indent=2))
     (out / "loso.md").write_text(to_markdown(report))
@@ -132,7 +135,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     methods = ["hysac", "euclidean-probe", "profanity-check", "hysac-mini"]
     lines = [f"# Leave-one-source-out ({report['date']}, {report['machine']}, `{report['train_config']}`)", "",
              "Each row: the held-out group's texts, never trained or validated on; FPR on its safe texts / TPR on "
-             "its unsafe texts at each method's own threshold, and AUROC.", "",
+             "its unsafe texts at each method's own threshold, and AUROC. Overrides: "
+             f"{', '.join(report.get('overrides') or []) or 'none'}; hysac-mini column: "
+             f"{report.get('reference', 'hysac-mini')}.", "",
              "| held out | n safe / unsafe | " + " | ".join(f"{m} FPR / TPR / AUROC" for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
 
