@@ -31,11 +31,12 @@ OBJECTS = {
 
 
 def _recall(q: torch.Tensor, g: torch.Tensor, model: HySAC) -> dict[str, float]:
+    """Query i's positive is gallery item i; ranked by negative geodesic distance (pessimistic ties)."""
     from hysac import lorentz as L
+    from hysac.metrics import recall_at_k
 
-    d = L.pairwise_dist(q, g, model.curvature)
-    rank = (d < d.diag().unsqueeze(1)).sum(dim=1)
-    return {"R@1": float((rank < 1).float().mean()), "R@5": float((rank < 5).float().mean()), "n": len(q)}
+    r = recall_at_k(-L.pairwise_dist(q, g, model.curvature), torch.arange(len(q)), ks=(1, 5))
+    return {"R@1": r[1] / 100.0, "R@5": r[5] / 100.0, "n": len(q)}
 
 
 def measure(name: str) -> dict:

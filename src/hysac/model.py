@@ -269,8 +269,7 @@ class HySAC(nn.Module):
 
     def merge_lora(self) -> "HySAC":
         """Fold LoRA adapters into the tower weights (CLIP backbone); no-op otherwise."""
-        if hasattr(self.backbone, "merge_lora"):
-            self.backbone.merge_lora()
+        self.backbone.merge_lora()
         return self
 
     # ------------------------------------------------------------------------------------------ save / load

@@ -112,6 +112,14 @@ class Backbone(nn.Module, ABC):
         True), else leave them and return False (callers then use autocast instead)."""
         return False
 
+    def text_trainable_from(self) -> int | None:
+        """Index of the first text-tower layer that trains (LoRA or unfrozen) when only the top of the tower does,
+        so a trainer can cache the frozen trunk's token states; ``None`` otherwise (default)."""
+        return None
+
+    def merge_lora(self) -> None:
+        """Fold LoRA adapters into the tower weights for inference (default: nothing to merge)."""
+
     def image_class_prototypes(self) -> "tuple[list[str], Tensor] | None":
         """Where images that the image tower is sure show one of its known object classes land, before the lift:
         ``(class names, (K, embed_dim) features)``, or ``None`` when the tower has no such classes. Used to

@@ -707,7 +707,7 @@ class MiniBackbone(Backbone):
         feats = _check_feats("image", feats, IMAGE_BASE_DIM, self.device)
         if self.image_bridge != "conse":
             return self.image_head(feats)
-        bridged = self.image_text_features(feats)
+        bridged = self._conse(feats)
         if self.conse_train_head:
             return self.text_head(bridged)
         # the image losses do not move the shared text head (experiment knob, see the class docstring)
@@ -719,9 +719,12 @@ class MiniBackbone(Backbone):
         tower's feature space (what the text head then projects)."""
         if self.image_bridge != "conse":
             raise InputError("mini backbone: image_text_features needs image_bridge='conse'")
+        return self._conse(_check_feats("image", feats, IMAGE_BASE_DIM, self.device))
+
+    def _conse(self, feats: Tensor) -> Tensor:
         self._ensure_class_text()
         with torch.no_grad():
-            return self.image_head(self.imagenet_logits(_check_feats("image", feats, IMAGE_BASE_DIM, self.device)))
+            return self.image_head(self.imagenet_logits(feats))
 
     def image_class_prototypes(self) -> tuple[list[str], Tensor] | None:
         """With ``image_bridge="conse"``: the 1000 ImageNet class names and ``(1000, embed_dim)`` head outputs of

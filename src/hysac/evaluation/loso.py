@@ -36,10 +36,11 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
     row: dict[str, Any] = {"n_safe": int((labels == 0).sum()), "n_unsafe": int((labels == 1).sum()),
                            "threshold": float(threshold)}
+    conf = M.confusion_at_threshold(scores, labels, threshold)
     if row["n_safe"]:
-        row["fpr"] = float((scores[labels == 0] > threshold).mean())
+        row["fpr"] = float(conf["fpr"])
     if row["n_unsafe"]:
-        row["tpr"] = float((scores[labels == 1] > threshold).mean())
+        row["tpr"] = float(conf["tpr"])
     if row["n_safe"] and row["n_unsafe"]:
         row["auroc"] = float(M.auroc(scores, labels))
     return row

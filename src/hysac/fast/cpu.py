@@ -162,7 +162,7 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
     if hasattr(bb, "set_inference_engines"):
         bb.set_inference_engines(None, None)  # a fresh start when called again
         text_engine = image_engine = None
-        trains_text = getattr(bb, "text_trainable_from", lambda: None)() is not None
+        trains_text = bb.text_trainable_from() is not None
         if trains_text and patch_encode:  # inference: LoRA folded into the weights the engine exports
             model.merge_lora()
             trains_text = bb.text_trainable_from() is not None

@@ -101,7 +101,7 @@ class Featurizer:
         self.cached = bool(use_cache and frozen and hasattr(bb, "text_base_features"))
         # a text tower that trains only in its top layers (LoRA / unfrozen) beside a frozen image tower: the
         # trunk's token states and the image features are cached, the top layers and heads run per step
-        text_from = getattr(bb, "text_trainable_from", lambda: None)()
+        text_from = bb.text_trainable_from()
         image_frozen = not any(p.requires_grad for n, p in bb.named_parameters()
                                if "head" not in n and not n.startswith("text_model."))
         self.top_cached = bool(use_cache and not frozen and image_frozen and text_from is not None)
@@ -723,11 +723,11 @@ class Trainer:
         scores = self._image_scores("val")
         safe = es.image_label == 0
         src = es.image_source if es.image_source is not None else np.array(["images"] * len(scores))
-        groups = [scores[safe & (src == s)] for s in np.unique(src[safe])]
+        groups = [(scores[safe & (src == s)], rate) for s in np.unique(src[safe])]
         protos = self._prototype_scores()
         if protos is not None:
-            groups.append(protos)
-        return max(float(np.quantile(g, 1.0 - rate, method="higher")) for g in groups if len(g))
+            groups.append((protos, rate))
+        return _worst_quantile(groups)
 
     def register_report(self, split: str) -> dict[str, dict[str, float]]:
         """Per source (styled copies apart): n, FPR on its safe texts and TPR on its unsafe texts at the model's
@@ -753,10 +753,7 @@ class Trainer:
 
     def _class_distances(self, split: str) -> dict[str, np.ndarray]:
         es = getattr(self.data, split)
-        c = self.model.curvature
-        with torch.no_grad():
-            im = self.model.lift_image(self.feat.image(torch.as_tensor(es.image_idx)).float()).cpu()
-        ts, ims = self._text_scores(split), L.dist0(im, c).numpy()
+        ts, ims = self._text_scores(split), self._image_scores(split)
         out = {"S": ts[es.text_label == 0], "U": ts[es.text_label == 1]}
         if (es.image_label == 0).any():
             out["V"] = ims[es.image_label == 0]
@@ -923,17 +920,21 @@ def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarr
     ``spec`` is one rate for all registers (``"0.05"``) or per source group
     (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
     strictest rate given)."""
-    from ..data.corpus import register_key, source_group
+    from ..data.corpus import register_key
 
     targets = parse_rate_spec(spec)
+    fallback = targets.get("*", min(targets.values()))
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    keys = np.array([register_key(str(s)) for s in sources])
+    keys = np.array([register_key(str(s)) for s in sources])  # "<group>" or "<group>+style"
     safe = labels == 0
-    worst = -np.inf
-    for key in np.unique(keys[safe]):
-        rate = targets.get(source_group(key.split("+", 1)[0]), targets.get("*", min(targets.values())))
-        worst = max(worst, float(np.quantile(scores[safe & (keys == key)], 1.0 - rate, method="higher")))
-    return worst
+    return _worst_quantile([(scores[safe & (keys == key)], targets.get(key.split("+", 1)[0], fallback))
+                            for key in np.unique(keys[safe])])
+
+
+def _worst_quantile(groups: list[tuple[np.ndarray, float]]) -> float:
+    """The lowest threshold at which every group's false-positive rate is at most its rate: the largest of the
+    groups' ``1 - rate`` quantiles (empty groups ignored)."""
+    return max(float(np.quantile(g, 1.0 - rate, method="higher")) for g, rate in groups if len(g))
 
 
 def parse_rate_spec(spec: str) -> dict[str, float]:
