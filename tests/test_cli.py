@@ -109,3 +109,55 @@ def test_fast_flag_on_classify_index_build_and_service(model_dir, tmp_path):
         assert health["model"]["fast_path"]["path"] == "cpu"
         r = client.post("/classify", json={"texts": texts}).json()
         assert [x["score"] for x in r["results"]] == pytest.approx(a, rel=1e-5)
+
+
+def _options():
+    """(command path, click option) for every option of every hysac command, as the entry point builds them."""
+    from hysac.cli import build_command
+
+    out = []
+
+    def walk(cmd, path):
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, path + [name])
+        for p in getattr(cmd, "params", []):
+            if getattr(p, "param_type_name", "") == "option":
+                out.append((" ".join(path), p))
+
+    walk(build_command(), ["hysac"])
+    return out
+
+
+def test_version_flag():
+    from click.testing import CliRunner as ClickRunner
+
+    from hysac import __version__
+    from hysac.cli import build_command
+
+    res = ClickRunner().invoke(build_command(), ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"hysac {__version__}"
+
+
+def test_every_option_has_help_and_one_meaning_per_short_flag():
+    opts = _options()
+    assert len({cmd for cmd, _ in opts}) >= 12  # the whole tree was walked (index and eval subcommands too)
+    missing = [(cmd, p.opts) for cmd, p in opts if not p.help]
+    assert missing == []
+    meaning: dict[str, set[str]] = {}
+    for _, p in opts:
+        longs = [o for o in p.opts if o.startswith("--")]
+        for short in (o for o in p.opts if len(o) == 2 and o.startswith("-")):
+            meaning.setdefault(short, set()).update(longs)
+    assert {s: m for s, m in meaning.items() if len(m) > 1} == {}
+    assert meaning["-i"] == {"--image"}
+
+
+def test_flags_show_no_value_hint():
+    from click.testing import CliRunner as ClickRunner
+
+    from hysac.cli import build_command
+
+    for args in (["train", "--help"], ["classify", "--help"], ["index", "build", "--help"]):
+        res = ClickRunner().invoke(build_command(), args, env={"COLUMNS": "160"})
+        assert res.exit_code == 0, res.output
+        assert "<bool>" not in res.output and "--help" in res.output

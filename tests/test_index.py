@@ -491,3 +491,21 @@ def test_model_without_bounds(tmp_path):
         assert qr.query_unsafe is None and all(x.unsafe is None for x in qr.results)
         with pytest.raises(InputError, match="filter mode needs"):
             s.search_text(["a cat"], k=3, mode="filter")
+
+
+def test_faiss_floor_guarantees_hnsw_similarity_mode(monkeypatch):
+    """The declared faiss-cpu floor is the first release with HNSW.is_similarity; an older FAISS is refused with
+    a one-line error instead of returning HNSW results at recall ~0."""
+    import re
+    import types
+    from pathlib import Path
+
+    from hysac.errors import InputError
+    from hysac.index import ann
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'"faiss-cpu>=([0-9.]+)"', pyproject).group(1) == ann.MIN_FAISS
+    old = types.SimpleNamespace(hnsw=types.SimpleNamespace(efSearch=16), metric_type=1)
+    monkeypatch.setattr(ann, "_inner", lambda index: old)
+    with pytest.raises(InputError, match=f"faiss-cpu >= {ann.MIN_FAISS}"):
+        ann.prepare_for_search(old)

@@ -16,6 +16,8 @@ import torch
 
 from hysac import lorentz as L
 from hysac.errors import InputError
+from hysac.policy import SafetyPolicy
+from hysac.safety import Bounds, ClassBounds
 
 UNSAFE_WORDS = {"blood", "gore", "weapon", "kill", "drugs", "nude"}
 VOCAB = 512
@@ -88,21 +90,34 @@ class FakeModel:
             out.append(self._point(feat @ self.img_proj + 1e-3, radius))
         return torch.from_numpy(np.stack(out)).float()
 
-    # -- safety head --------------------------------------------------------------------------------------------
+    # -- safety head: the real policy over fixed bounds ------------------------------------------------------
+    #: redirect radii = the safe classes' up_95 (rule "bound", margin 0): text 0.45, image 0.7; seek-unsafe radii
+    #: = the unsafe classes' means: text 1.3, image 1.8; thresholds text 0.8, image 1.1
+    bounds = Bounds(classes={"S": ClassBounds(up_95=0.45, low_05=0.3, avg=0.4),
+                             "V": ClassBounds(up_95=0.7, low_05=0.5, avg=0.6),
+                             "U": ClassBounds(up_95=1.4, low_05=1.1, avg=1.3),
+                             "G": ClassBounds(up_95=1.9, low_05=1.5, avg=1.8)},
+                    thresholds={"text": 0.8, "image": 1.1})
+    traversal = {"rule": "bound", "margin": 0.0}
+
+    @property
+    def policy(self):
+        return SafetyPolicy(self)
+
     def score(self, x):
         return L.dist0(torch.as_tensor(x), self.curvature)
 
     def unsafe_threshold(self, modality):
-        return {"text": 0.8, "image": 1.1}[modality]
+        return self.policy.threshold(modality)
 
     def categorize(self, x):
         return torch.softmax(torch.as_tensor(x).float() @ self.cat_proj, dim=-1)
 
     def redirect_tau(self, target_modality):
-        return {"text": 0.45, "image": 0.7}[target_modality]
+        return self.policy.redirect_radius(target_modality)
 
     def seek_unsafe_tau(self, target_modality):
-        return {"text": 1.3, "image": 1.8}[target_modality]
+        return self.policy.seek_unsafe_radius(target_modality)
 
 
 def random_points(n: int, dim: int, curv: float, seed: int = 0, max_radius: float = 2.0) -> np.ndarray:

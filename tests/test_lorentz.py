@@ -105,8 +105,40 @@ def test_cone_and_angles(gen):
     assert torch.all((ang > 0) & (ang < math.pi))
     # aperture saturates near the origin at about pi/2 and shrinks with the radius
     ha = L.half_aperture(torch.tensor([[0.01, 0.0], [1.0, 0.0], [10.0, 0.0]]), c)
-    assert ha[0] == pytest.approx(math.pi / 2, abs=2e-3) and ha[0] > ha[1] > ha[2]
+    assert ha[0] == pytest.approx(math.asin(1 - 1e-5), abs=1e-5)  # the official saturation 1.56632
+    assert ha[0] > ha[1] > ha[2]
     assert ha[2] == pytest.approx(math.asin(0.2 / 10.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("c", [0.3, 1.0, 2.5])
+def test_oxy_angle_matches_the_hyperbolic_law_of_cosines(gen, c):
+    """Independent formula: in the triangle O-x-y with sides scaled by sqrt(c), the interior angle A at x has
+    cos A = (cosh a cosh b - cosh e) / (sinh a sinh b), a = |Ox|, b = |xy|, e = |Oy|; the exterior angle is π - A."""
+    x = L.exp_map0(torch.randn(200, 6, generator=gen, dtype=torch.float64) * 0.8, c)
+    y = L.exp_map0(torch.randn(200, 6, generator=gen, dtype=torch.float64) * 0.8, c)
+    sc = math.sqrt(c)
+    a, e = sc * L.dist0(x, c), sc * L.dist0(y, c)
+    b = sc * L.elementwise_dist(x, y, c)
+    cos_a = (torch.cosh(a) * torch.cosh(b) - torch.cosh(e)) / (torch.sinh(a) * torch.sinh(b))
+    expected = math.pi - torch.acos(cos_a.clamp(-1, 1))
+    got = L.oxy_angle(x, y, c)
+    # the eps clamp keeps the angle within [acos(1-eps), acos(-1+eps)] = ±0.0045 of 0 and π: compare inside it
+    inside = (expected > 0.01) & (expected < math.pi - 0.01)
+    assert inside.sum() > 100
+    assert torch.allclose(got.double()[inside], expected[inside], atol=2e-4)
+    assert torch.all(got.double() >= math.acos(1 - 1e-5) - 1e-6) and torch.all(got.double() <= math.pi)
+
+
+def test_entailment_gradients_stay_bounded_for_near_coincident_points(gen):
+    """The official eps (1e-5) in the acos / asin clamps: gradients of the angle and the aperture of a point and a
+    copy moved by 1e-6 stay below ~1/sqrt(2·eps) instead of reaching ~1e6."""
+    c = 1.0
+    base = L.exp_map0(torch.randn(64, 8, generator=gen) * 0.7, c)
+    x = base.clone().requires_grad_(True)
+    y = (base * (1 + 1e-6)).clone().requires_grad_(True)  # the same ray, a hair further out
+    (L.oxy_angle(x, y, c).sum() + L.half_aperture(x, c).sum()).backward()
+    worst = max(x.grad.abs().max().item(), y.grad.abs().max().item())
+    assert math.isfinite(worst) and worst < 1e3
 
 
 def test_set_dist0_and_toward_origin(gen):
@@ -124,3 +156,14 @@ def test_set_dist0_and_toward_origin(gen):
 def test_check_finite():
     with pytest.raises(ValueError, match="NaN"):
         L.check_finite(torch.tensor([1.0, float("nan")]), "query")
+
+
+def test_fp32_guard_reads_every_tensor_argument(gen):
+    """Keyword tensors and a fp64 second argument decide the compute dtype too (not only the first positional)."""
+    x = L.exp_map0(torch.randn(5, 4, generator=gen), 1.0)
+    y64 = L.exp_map0(torch.randn(5, 4, generator=gen, dtype=torch.float64), 1.0)
+    assert L.pairwise_dist(x, y64, 1.0).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        by_kw = L.pairwise_dist(x_hyp=x.bfloat16(), y_hyp=x.bfloat16(), curv=1.0)
+    assert by_kw.dtype == torch.float32
+    assert torch.allclose(by_kw, L.pairwise_dist(x.bfloat16().float(), x.bfloat16().float(), 1.0), atol=1e-6)

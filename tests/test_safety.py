@@ -81,7 +81,12 @@ def test_fit_bounds_and_json(tmp_path):
     b = S.fit_bounds(d)
     assert b["S"].up_95 == pytest.approx(0.95) and b["S"].low_05 == pytest.approx(0.05)
     assert b["U"].avg == pytest.approx(1.5)
-    assert b.threshold("text") == pytest.approx((0.95 + 1.05) / 2)
+    # a threshold is fitted per modality given both of its classes: here S = 0..1, U = 1..2 (1.0 in both), so
+    # "unsafe iff score > 1.0" is right on all but one U point, and Youden ties go to the larger threshold
+    assert b.thresholds == {"text": pytest.approx(1.0)}
+    assert b.threshold("text") == pytest.approx(1.0)
+    # with thresholds={} none is stored and the midpoint rule answers
+    assert S.fit_bounds(d, thresholds={}).threshold("text") == pytest.approx((0.95 + 1.05) / 2)
     with pytest.raises(InputError):
         b.threshold("image")
     b.thresholds["image"] = 0.7

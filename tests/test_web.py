@@ -100,7 +100,18 @@ def test_search_modes_results_and_plot(server, browser, tmp_path):
     badges = d.find_elements(By.CSS_SELECTOR, "#results .card .badge")
     assert len(badges) == 8 and all(b.text.split()[0] in ("safe", "unsafe") for b in badges)
     assert d.find_elements(By.CSS_SELECTOR, "#results .card .cat")  # top category shown
-    assert "redirected toward images" in d.find_element(By.ID, "move-note").text
+    # the status line says what the search did, in the server's words (hysac.policy.Moved.describe)
+    import json as _json
+    import urllib.request
+
+    req = urllib.request.Request(url + "/search", method="POST", headers={"Content-Type": "application/json"},
+                                 data=_json.dumps({"text": "a cat covered in blood", "mode": "redirect",
+                                                   "modality": "image", "k": 12}).encode())
+    with urllib.request.urlopen(req, timeout=60) as r:
+        move = _json.loads(r.read())["moves"]["image"]
+    note = d.find_element(By.ID, "move-note").text
+    assert note.startswith(f"images: {move['status']}")
+    assert ("pulled in to radius" in note) == move["moved"]
     assert "mode redirect" in d.find_element(By.ID, "status").text
     # thumbnails are served by /items/{id}/image and really load
     imgs = d.find_elements(By.CSS_SELECTOR, "#results .card img.thumb")

@@ -14,7 +14,6 @@ import torch
 
 from .errors import InputError
 from .images import load_image
-from .safety import CATEGORIES
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only (the index CLI reads query files without the model)
     from .model import HySAC
@@ -66,16 +65,13 @@ def _fill(model: HySAC, results: list[Classification], idx: list[int], emb: torc
           threshold: float | None) -> None:
     if not idx:
         return
-    scores = model.score(emb)
-    theta = model.unsafe_threshold(modality) if threshold is None else float(threshold)  # type: ignore[arg-type]
-    cats = model.categorize(emb)
+    v = model.policy.judge(emb, modality, threshold)
     for j, i in enumerate(idx):
         r = results[i]
-        r.score = float(scores[j])
-        r.threshold = theta
-        r.unsafe = bool(scores[j] > theta)
-        if cats is not None:
-            r.categories = {name: round(float(p), 4) for name, p in zip(CATEGORIES, cats[j])}
+        r.score = float(v.scores[j])
+        r.threshold = v.threshold
+        r.unsafe = bool(v.unsafe[j])
+        r.categories = v.category_dict(j)
 
 
 def classify_texts(model: HySAC, items: Sequence[str | tuple[str, str | None]], threshold: float | None = None,

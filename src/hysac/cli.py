@@ -23,6 +23,26 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Model name (e.g. hysac-mini
                                                     "Default: the shipped offline model.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("hysac")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            from . import __version__ as v
+        typer.echo(f"hysac {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the installed hysac version and exit."),
+) -> None:
+    """Safety-aware vision-language embeddings in hyperbolic space (HySAC)."""
+
+
 def _fail(msg: str) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
@@ -123,9 +143,9 @@ def _print_classification(results) -> None:
 @app.command()
 @friendly
 def encode(
-    text: List[str] = typer.Option([], "--text", "-t"),
-    text_file: Optional[Path] = typer.Option(None, "--text-file"),
-    image: List[Path] = typer.Option([], "--image", "-i"),
+    text: List[str] = typer.Option([], "--text", "-t", help="Text to encode (repeatable)."),
+    text_file: Optional[Path] = typer.Option(None, "--text-file", help="UTF-8 file with one text per line."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image file or folder (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (embeddings + scores)."),
     model: Optional[str] = ModelOpt,
     project: bool = typer.Option(True, help="--no-project: Euclidean tower features instead of hyperboloid points."),
@@ -168,13 +188,14 @@ def encode(
 @app.command()
 @friendly
 def traverse(
-    text: List[str] = typer.Option([], "--text", "-t"),
-    image: List[Path] = typer.Option([], "--image", "-i"),
+    text: List[str] = typer.Option([], "--text", "-t", help="Text query (repeatable)."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image query file or folder (repeatable)."),
     target: str = typer.Option("image", help="Safe region to move toward: 'image' (class V) or 'text' (class S)."),
-    tau: Optional[float] = typer.Option(None, help="Target radius (default: the official formula on the bounds)."),
+    tau: Optional[float] = typer.Option(None, help="Target radius (default: the model's redirect radius for the "
+                                                    "target, as search --mode redirect uses it)."),
     mode: str = typer.Option("geodesic", help="'geodesic' (exact distance tau) or 'paper' (official output)."),
     model: Optional[str] = ModelOpt,
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object per query."),
 ) -> None:
     """Show how queries move toward the safe region: score before and after traversal."""
     import torch
@@ -191,12 +212,16 @@ def traverse(
     if image:
         parts.append(m.encode_image(list(image)))
     x = torch.cat(parts)
-    fn = m.traverse_to_safe_image if target == "image" else m.traverse_to_safe_text
-    y = fn(x, tau=tau, mode=mode)
-    before, after = m.score(x), m.score(y)
-    for inp, b, a in zip(inputs, before.tolist(), after.tolist()):
+    from .policy import Mode
+
+    if mode not in ("geodesic", "paper"):
+        _fail(f"unknown --mode {mode!r}; use 'geodesic' or 'paper'")
+    # what `search --mode redirect` does before searching a `target` gallery (hysac.policy)
+    mv = m.policy.move(x, Mode.REDIRECT, target, tau=tau, how=mode)  # type: ignore[arg-type]
+    before, after = m.score(x), m.score(mv.points)
+    for i, (inp, b, a) in enumerate(zip(inputs, before.tolist(), after.tolist())):
         row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),
-               "moved": bool(abs(a - b) > 1e-6)}
+               "radius": mv.radius, "moved": bool(mv.moved[i]), "status": mv.describe(i)}
         typer.echo(json.dumps(row, ensure_ascii=False) if json_out else
                    f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {inp}")
 
@@ -220,11 +245,18 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="YAML training config."),
     overrides: List[str] = typer.Argument(None, help="Overrides as dotted key=value, e.g. optim.lr=3e-4"),
     resume: bool = typer.Option(True, help="Resume from the latest checkpoint in the output folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the config and every data source it reads, print "
+                                                           "the split sizes and outputs as JSON, train nothing."),
 ) -> None:
     """Train a HySAC (or Safe-CLIP-objective) model from a config file."""
     from .train import load_config, run_training
 
     cfg = load_config(config, overrides or [])
+    if dry_run:
+        from .train.data import preflight
+
+        typer.echo(json.dumps(preflight(cfg), indent=2))
+        return
     result = run_training(cfg, resume=resume)
     typer.echo(json.dumps(result, indent=2))
 
@@ -255,8 +287,33 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _quiet_flags(cmd) -> None:
+    """No ``<bool>`` type hint after on/off flags in help pages (a flag takes no value)."""
+    for p in getattr(cmd, "params", []):
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+    make_help = cmd.get_help_option
+
+    def get_help_option(ctx):
+        opt = make_help(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    cmd.get_help_option = get_help_option
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        _quiet_flags(sub)
+
+
+def build_command():
+    """The click command behind ``hysac`` (what the entry point runs)."""
+    cmd = typer.main.get_command(app)
+    _quiet_flags(cmd)
+    return cmd
+
+
 def main() -> None:  # entry point
-    app()
+    build_command()()
 
 
 if __name__ == "__main__":  # pragma: no cover

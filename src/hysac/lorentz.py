@@ -57,12 +57,14 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def _fp32(fn: F) -> F:
-    """Run ``fn`` with autocast disabled and all tensor args upcast to fp32 (fp64 stays fp64)."""
+    """Run ``fn`` with autocast disabled and all floating tensor args — positional or keyword — upcast to fp32, or
+    to fp64 when any of them is fp64; the autocast device is the first floating tensor's."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        ref = next((a for a in args if isinstance(a, Tensor) and a.is_floating_point()), None)
-        dtype = _compute_dtype(ref) if ref is not None else torch.float32
+        floats = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor) and a.is_floating_point()]
+        ref = floats[0] if floats else None
+        dtype = torch.float64 if any(a.dtype == torch.float64 for a in floats) else torch.float32
         device_type = ref.device.type if ref is not None else "cpu"
 
         def cast(a):
@@ -190,23 +192,26 @@ def space_norm_for_dist(dist: Tensor, curv: float | Tensor) -> Tensor:
 
 
 @_fp32
-def half_aperture(x_hyp: Tensor, curv: float | Tensor, min_radius: float = 0.1, eps: float = 1e-6) -> Tensor:
+def half_aperture(x_hyp: Tensor, curv: float | Tensor, min_radius: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Half-aperture of the entailment cone at x: ``asin(2K / (sqrt(c)·||x||))``, clamped. (..., D) → (...).
 
     ``K = min_radius`` (0.1 in MERU/HySAC). The argument is clamped into ``[-1+eps, 1-eps]`` before ``asin``, so
-    points with ``sqrt(c)||x|| <= 2K`` get the widest aperture ``asin(1-eps)`` ≈ π/2.
+    points with ``sqrt(c)||x|| <= 2K`` get the widest aperture ``asin(1-eps)`` ≈ π/2. ``eps = 1e-5`` as in the
+    official code.
     """
     c = _curv(curv, x_hyp)
     arg = 2.0 * min_radius / (torch.sqrt(c) * _norm(x_hyp) + eps)
     return torch.asin(torch.clamp(arg, min=-1.0 + eps, max=1.0 - eps))
 
 
-def oxy_angle(x_hyp: Tensor, y_hyp: Tensor, curv: float | Tensor, eps: float = 1e-12) -> Tensor:
+def oxy_angle(x_hyp: Tensor, y_hyp: Tensor, curv: float | Tensor, eps: float = 1e-5) -> Tensor:
     """Exterior angle at x of the hyperbolic triangle O-x-y, in (0, π). (B,D),(B,D) → (B,).
 
     ``angle = acos((y_t + c<x,y>_L·x_t) / (||x|| · sqrt((c<x,y>_L)² − 1)))`` with clamps before sqrt and acos.
     The numerator cancels badly for far, nearly collinear points, so it is evaluated in fp64 (O(B·D) work) and
-    returned in the inputs' compute dtype (fp32 under autocast).
+    returned in the inputs' compute dtype (fp32 under autocast). ``eps = 1e-5`` as in the official code: the clamp
+    of ``cos`` into ``[-1+eps, 1-eps]`` bounds acos's gradient by ``1/sqrt(2·eps)`` ≈ 224 for near-coincident
+    points (a 1e-12 clamp lets it reach ~1e6 and blow up entailment-loss steps).
     """
     out_dtype = _compute_dtype(x_hyp) if x_hyp.is_floating_point() else torch.float32
     with torch.autocast(device_type=x_hyp.device.type, enabled=False):

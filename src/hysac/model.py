@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,7 +31,10 @@ from .checkpoint import (CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, RELEASED_BOUN
 from .errors import CheckpointError, InputError
 from .images import ImageLike, load_image
 
-Modality = Literal["text", "image"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .policy import SafetyPolicy
+
+Modality = S.Modality
 _SCALARS = ("curv", "visual_alpha", "textual_alpha", "logit_scale")
 
 
@@ -194,21 +197,24 @@ class HySAC(nn.Module):
         """Safety score = geodesic distance from the origin (higher = more unsafe). (B,D) → (B,)."""
         return S.safety_score(x_hyp, self.curvature)
 
+    @property
+    def policy(self) -> "SafetyPolicy":
+        """The safety decisions of this model (:class:`hysac.policy.SafetyPolicy`): thresholds, verdicts, what each
+        search mode does. Every front end goes through it."""
+        from .policy import SafetyPolicy
+
+        return SafetyPolicy(self)
+
     def _need_bounds(self) -> S.Bounds:
-        if self.bounds is None:
-            raise InputError("this model has no safety bounds; fit them with hysac.safety.fit_bounds and set "
-                             "model.bounds (or load a model that ships hysac_bounds.json)")
-        return self.bounds
+        return self.policy.bounds()
 
     def unsafe_threshold(self, modality: Modality) -> float:
-        """θ such that an input of ``modality`` is unsafe iff score > θ."""
-        return self._need_bounds().threshold(modality)
+        """θ such that an input of ``modality`` is unsafe iff score > θ (:meth:`SafetyPolicy.threshold`)."""
+        return self.policy.threshold(modality)
 
     def is_unsafe(self, x_hyp: Tensor, modality: Modality, threshold: float | None = None) -> Tensor:
         """(B,D) → (B,) bool."""
-        if threshold is None:
-            threshold = self.unsafe_threshold(modality)
-        return S.is_unsafe(x_hyp, self.curvature, threshold)
+        return self.policy.judge(x_hyp, modality, threshold, categories=False).unsafe
 
     def categorize(self, x_hyp: Tensor) -> Tensor | None:
         """Per-category probabilities (B,7) in :data:`hysac.safety.CATEGORIES` order, or None without a head."""
@@ -219,32 +225,34 @@ class HySAC(nn.Module):
         return torch.sigmoid(logits).cpu()
 
     def redirect_tau(self, target: Modality) -> float:
-        """Radius a query is pulled in to before searching a ``target`` gallery (safe class of that modality)."""
-        b = self._need_bounds()[S.SAFE_CLASS[target]].up_95
-        if self.traversal.get("rule", "official") == "bound":
-            return float(b + float(self.traversal.get("margin", 0.0)))
-        return S.official_tau(b, self.curvature, float(self.traversal.get("alpha", 0.8)))
+        """Radius a query is pulled in to before searching a ``target`` gallery (:meth:`SafetyPolicy.redirect_radius`)."""
+        return self.policy.redirect_radius(target)
 
     def seek_unsafe_tau(self, target: Modality) -> float:
         """Radius a query is pushed out to when hunting unsafe ``target`` items (mean of the unsafe class)."""
-        return float(self._need_bounds()[S.UNSAFE_CLASS[target]].avg)
+        return self.policy.seek_unsafe_radius(target)
 
-    def _traverse_to(self, x_hyp: Tensor, target: Modality, tau: float | None, alpha: float, mode: str) -> Tensor:
-        if tau is None:
-            b = self._need_bounds()[S.SAFE_CLASS[target]].up_95
-            tau = S.official_tau(b, self.curvature, alpha)
-        return S.traverse(x_hyp, self.curvature, tau, direction="in", mode=mode)  # type: ignore[arg-type]
+    def _traverse_to(self, x_hyp: Tensor, target: Modality, tau: float | None, alpha: float | None,
+                     mode: str) -> Tensor:
+        from .policy import Mode
 
-    def traverse_to_safe_image(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float = 0.8,
+        if tau is None and alpha is not None:  # the official formula with this alpha instead of the model's rule
+            tau = self.policy.redirect_radius(target, {"rule": "official", "alpha": float(alpha)})
+        return self.policy.move(x_hyp, Mode.REDIRECT, target, tau=tau, how=mode).points  # type: ignore[arg-type]
+
+    def traverse_to_safe_image(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float | None = None,
                                mode: Literal["geodesic", "paper"] = "geodesic") -> Tensor:
         """Pull queries toward the safe-image region (class V) before searching images. (B,D) or (D,).
 
-        Default ``τ = b + tanh((b − α)/c) + 1`` with ``b = bounds['V'].up_95`` (the official formula)."""
+        Default radius: the model's traversal rule, as ``search --mode redirect`` uses it
+        (:meth:`SafetyPolicy.redirect_radius`); ``alpha`` → the official ``τ = b + tanh((b − α)/c) + 1`` with
+        ``b = bounds['V'].up_95``; ``tau`` → that radius. Queries already inside stay put."""
         return self._traverse_to(x_hyp, "image", tau, alpha, mode)
 
-    def traverse_to_safe_text(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float = 0.8,
+    def traverse_to_safe_text(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float | None = None,
                               mode: Literal["geodesic", "paper"] = "geodesic") -> Tensor:
-        """Pull queries toward the safe-text region (class S) before searching texts. (B,D) or (D,)."""
+        """Pull queries toward the safe-text region (class S) before searching texts. (B,D) or (D,); radius as
+        :meth:`traverse_to_safe_image`."""
         return self._traverse_to(x_hyp, "text", tau, alpha, mode)
 
     def entails(self, parent_hyp: Tensor, child_hyp: Tensor, aperture_scale: float = 1.0) -> Tensor:

@@ -158,6 +158,11 @@ def fit_bounds(
 
     Either ``dists={"S": (N_S,), "V": …}`` (distances from the origin per class) or ``embeddings`` (N,D) with
     ``labels`` (N,) in ``CLASSES`` and ``curv``. Per class: 95th/5th percentile (linear interpolation) and mean.
+
+    ``thresholds``: the decision thresholds to store. ``None`` (default) fits one per modality whose safe and
+    unsafe classes are both given (text: S vs U, image: V vs G): the score maximising Youden's J = TPR − FPR
+    (ties → the largest, fewest flagged). Pass ``{}`` to store none (then :meth:`Bounds.threshold` falls back to
+    the midpoint rule).
     """
     if dists is None:
         if embeddings is None or labels is None or curv is None:
@@ -167,7 +172,7 @@ def fit_bounds(
         d = safety_score(embeddings, curv).detach().cpu().double().numpy()
         lab = np.asarray(labels)
         dists = {c: d[lab == c] for c in CLASSES if (lab == c).any()}
-    classes = {}
+    classes, arrays = {}, {}
     for cls, values in dists.items():
         arr = torch.as_tensor(values).detach().cpu().double().numpy().reshape(-1) if isinstance(
             values, Tensor
@@ -176,10 +181,22 @@ def fit_bounds(
             raise InputError(f"fit_bounds: class {cls!r} has no samples")
         if not np.isfinite(arr).all():
             raise InputError(f"fit_bounds: class {cls!r} has NaN/inf distances")
+        arrays[str(cls)] = arr
         classes[str(cls)] = ClassBounds(
             up_95=float(np.percentile(arr, 95)), low_05=float(np.percentile(arr, 5)), avg=float(arr.mean())
         )
-    return Bounds(classes=classes, thresholds=dict(thresholds or {}))
+    if thresholds is None:
+        from .metrics import best_threshold
+
+        fitted = {}
+        for modality, safe in SAFE_CLASS.items():
+            unsafe = UNSAFE_CLASS[modality]
+            if safe in arrays and unsafe in arrays:
+                scores = np.concatenate([arrays[safe], arrays[unsafe]])
+                labels = np.r_[np.zeros(arrays[safe].size), np.ones(arrays[unsafe].size)]
+                fitted[modality] = best_threshold(scores, labels, "youden")[0]
+        thresholds = fitted
+    return Bounds(classes=classes, thresholds={str(k): float(v) for k, v in dict(thresholds).items()})
 
 
 def is_unsafe(
@@ -233,6 +250,11 @@ def traverse(
     t = torch.as_tensor(tau, dtype=xf.dtype, device=xf.device)
     if t.dim() == 0:
         t = t.expand(xf.shape[0])
+    elif t.shape != (xf.shape[0],):
+        raise InputError(f"traverse: tau must be a scalar or ({xf.shape[0]},) — one radius per point — "
+                         f"got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise InputError("traverse: tau must be finite and >= 0")
     d = L.dist0(xf, c)
     move = d > t if direction == "in" else d < t
     target = t

@@ -126,6 +126,18 @@ class Backbone(nn.Module, ABC):
         calibrate the image threshold on everyday objects."""
         return None
 
+    def class_names(self) -> "list[list[str]] | None":
+        """The image tower's object classes, each as its list of names (synonyms), in classifier order; ``None``
+        when the tower has no such classes (default)."""
+        return None
+
+    def class_photo_features(self, classes: Tensor, generator: "torch.Generator | None" = None) -> Tensor:
+        """(B,) class indices → (B, embed_dim) image features, before the lift, of *simulated photos* of those
+        classes: classifier outputs as a real photo of the class gives them (the class and the classes the tower
+        confuses it with, at a random confidence). Trains and measures "a photo of a <object>" retrieval without
+        photos. Only for backbones whose :meth:`class_names` is not ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} has no object classes")
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Tensors that a checkpoint of a model on this backbone must store (default: all of them)."""
         return self.state_dict()

@@ -30,10 +30,10 @@ from torch import Tensor
 from .. import lorentz as L
 from .. import safety as S
 from ..errors import InputError
+from ..safety import Modality
 
 logger = logging.getLogger(__name__)
 
-Modality = Literal["text", "image"]
 ModelKind = Literal["auto", "hysac", "euclidean", "clip"]
 
 
@@ -365,24 +365,18 @@ class HyperbolicSpace(Space):
             return None
 
     def redirect_tau(self, target: Modality) -> float:
-        try:
-            return float(self.model.redirect_tau(target))
-        except KeyError as e:  # the bounds lack the target's safe class
-            raise InputError(f"{self.name}: no redirect radius for {target} ({e.args[0]})") from None
+        return float(self.model.policy.redirect_radius(target))
 
     def seek_unsafe_tau(self, target: Modality) -> float:
-        try:
-            return float(self.model.seek_unsafe_tau(target))
-        except KeyError as e:  # the bounds lack the target's unsafe class
-            raise InputError(f"{self.name}: no seek-unsafe radius for {target} ({e.args[0]})") from None
+        return float(self.model.policy.seek_unsafe_radius(target))
 
     def redirect(self, x: Tensor, target: Modality) -> Tensor:
-        """Pull queries whose distance exceeds ``model.redirect_tau(target)`` in to exactly that distance."""
-        return S.traverse(x, self.c, self.redirect_tau(target), direction="in")
+        """What ``search --mode redirect`` searches a ``target`` gallery with (:meth:`SafetyPolicy.move`)."""
+        return self.model.policy.move(x, "redirect", target).points
 
     def seek_unsafe(self, x: Tensor, target: Modality) -> Tensor:
-        """Push queries closer than ``model.seek_unsafe_tau(target)`` out to exactly that distance."""
-        return S.traverse(x, self.c, self.seek_unsafe_tau(target), direction="out")
+        """What ``search --mode seek-unsafe`` searches a ``target`` gallery with."""
+        return self.model.policy.move(x, "seek-unsafe", target).points
 
     def categorize(self, x: Tensor) -> Tensor | None:
         return self.model.categorize(x)
@@ -398,10 +392,10 @@ class HyperbolicSpace(Space):
         if m.bounds is not None:
             taus = {}
             for mod in ("text", "image"):
-                for key, fn in (("redirect", m.redirect_tau), ("seek_unsafe", m.seek_unsafe_tau)):
+                for key, mode in (("redirect", "redirect"), ("seek_unsafe", "seek-unsafe")):
                     try:
-                        taus[f"{key}_{mod}"] = float(fn(mod))
-                    except (InputError, KeyError):
+                        taus[f"{key}_{mod}"] = float(m.policy.radius(mode, mod))
+                    except InputError:
                         pass
             out["taus"] = taus
             out["thresholds"] = {mod: self.threshold(mod) for mod in ("text", "image")}

@@ -54,6 +54,8 @@ __all__ = [
     "in_build_state",
 ]
 
+#: the first faiss-cpu release whose HNSW has ``is_similarity`` (checked: 1.14.2 has not, 1.14.3 has)
+MIN_FAISS = "1.14.3"
 ANN_TYPES = ("none", "hnsw")
 
 
@@ -195,6 +197,9 @@ def prepare_for_search(index):
     faiss = _faiss()
     inner = _inner(index)
     if hasattr(inner, "hnsw"):
+        if not hasattr(inner.hnsw, "is_similarity"):  # older FAISS walks the IP graph as if it were L2: recall ~0
+            raise InputError(f"FAISS {getattr(faiss, '__version__', '?')} cannot search an HNSW index by inner "
+                             f"product (no HNSW.is_similarity); install faiss-cpu >= {MIN_FAISS}")
         ip = faiss.METRIC_INNER_PRODUCT
         inner.metric_type = ip
         faiss.downcast_index(inner.storage).metric_type = ip

@@ -138,7 +138,7 @@ def build_command(
 @index_app.command("add")
 def add_command(
     src: Annotated[Path, typer.Argument(help="image folder or table to append")],
-    index: Annotated[Path, typer.Option("--index", "-i", help="existing index directory")],
+    index: Annotated[Path, typer.Option("--index", "-x", help="existing index directory")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="model (default: the index's)")] = None,
     batch_size: BatchOpt = 256,
     engine: EngineOpt = "local",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..policy import over_threshold
 from ..safety import CATEGORIES
 from .reader import Item
 
@@ -264,4 +265,4 @@ class Mapper:
                 raise RuntimeError(
                     f"model.categorize returned {categories.shape[1]} columns; expected {len(CATEGORIES)}"
                 )
-        return EncodedBatch(got, emb, scores, scores > thr, categories, errors)
+        return EncodedBatch(got, emb, scores, over_threshold(scores, thr), categories, errors)

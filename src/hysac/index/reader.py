@@ -28,9 +28,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import InputError
+from ..safety import Modality
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -44,7 +45,6 @@ __all__ = [
     "jsonable",
 ]
 
-Modality = Literal["text", "image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 #: file suffix → table format

@@ -17,11 +17,11 @@ Safety modes (``mode=``), applied per sub-gallery (its modality is the *target* 
     sub-gallery is exhausted — the result is the exact safe top-``k`` (for the exact index).
 ``redirect``
     pull the query toward the safe region of the target modality before searching:
-    ``safety.traverse(q, c, model.redirect_tau(target), direction="in")`` (queries already inside stay put).
+    ``model.policy.move(q, "redirect", target)`` (queries already inside stay put; :mod:`hysac.policy`).
 ``redirect+filter``
     both.
 ``seek-unsafe``
-    push the query out: ``traverse(q, c, model.seek_unsafe_tau(target), direction="out")``.
+    push the query out: ``model.policy.move(q, "seek-unsafe", target)``.
 
 Optional entailment re-rank (``rerank="entail"``): the top ``k' = overfetch·k`` candidates are stably
 re-ordered so that the pairs that satisfy the entailment cone test come first (each group keeps the distance
@@ -65,11 +65,11 @@ from .ann import (
     set_ef_search,
     storage_vectors,
 )
+from ..policy import MODES, Mode, Moved, check_modality, over_threshold
 from .store import MODALITIES, IndexStore, faiss_file
 
 __all__ = ["MODES", "RERANKS", "ENTAIL_PARENTS", "SearchResult", "QueryResult", "IndexSearcher", "open_searcher"]
 
-MODES = ("off", "filter", "redirect", "redirect+filter", "seek-unsafe")
 RERANKS = ("none", "entail")
 ENTAIL_PARENTS = ("auto", "query", "item")
 #: extra candidates re-scored in fp64 beyond the ones needed, to absorb fp32 rank noise
@@ -197,7 +197,7 @@ class IndexSearcher:
 
     def _is_unsafe(self, score: float, modality: str) -> bool | None:
         thr = self.threshold(modality)
-        return None if thr is None else bool(score > thr)
+        return None if thr is None else bool(over_threshold(score, thr))
 
     def faiss_index(self, modality: str):
         """The FAISS index of one sub-gallery: the file if it is current, else rebuilt in memory."""
@@ -230,16 +230,13 @@ class IndexSearcher:
 
     def prepare_queries(self, queries: Any, mode: str, target: str) -> np.ndarray:
         """The query points actually searched in the ``target`` sub-gallery under ``mode`` (fp64, (B, D))."""
-        if mode not in MODES:
-            raise InputError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
-        q = _as_numpy_queries(queries, self.dim)
-        if mode in ("redirect", "redirect+filter"):
-            tau = float(self.model.redirect_tau(target))
-            q = safety.traverse(torch.from_numpy(q), self.curv, tau, direction="in").numpy()
-        elif mode == "seek-unsafe":
-            tau = float(self.model.seek_unsafe_tau(target))
-            q = safety.traverse(torch.from_numpy(q), self.curv, tau, direction="out").numpy()
-        return q
+        return self.move_queries(queries, mode, target).points.numpy()
+
+    def move_queries(self, queries: Any, mode: str, target: str) -> Moved:
+        """:meth:`SafetyPolicy.move` of the queries (fp64) for the ``target`` sub-gallery under ``mode``."""
+        mode_ = Mode.parse(mode)
+        q = torch.from_numpy(_as_numpy_queries(queries, self.dim))
+        return self.model.policy.move(q, mode_, target)
 
     # -- core ---------------------------------------------------------------------------------------------------
     def _candidates(
@@ -272,7 +269,7 @@ class IndexSearcher:
                 ids = I[row]
                 ids = ids[ids >= 0]
                 if filt:
-                    ids = ids[self.scores[ids] <= thr]
+                    ids = ids[~over_threshold(self.scores[ids], thr)]
                 if ids.size >= need or kprime >= n_m:
                     chosen[b] = ids[:need]
                 else:
@@ -311,14 +308,13 @@ class IndexSearcher:
         overfetch: int = 4,
     ) -> list[list[SearchResult]]:
         """Search a batch of query points (B, D) (tensor or array, space components). One list per query."""
-        if mode not in MODES:
-            raise InputError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        mode_ = Mode.parse(mode)
         if rerank not in RERANKS:
             raise InputError(f"unknown rerank {rerank!r}; use one of {', '.join(RERANKS)}")
         if entail not in ENTAIL_PARENTS:
             raise InputError(f"unknown entailment parent {entail!r}; use one of {', '.join(ENTAIL_PARENTS)}")
-        if modality is not None and modality not in MODALITIES:
-            raise InputError(f"unknown modality {modality!r}; use 'text' or 'image'")
+        if modality is not None:
+            check_modality(modality)
         if int(k) < 1:
             raise InputError(f"k must be >= 1, got {k}")
         k = int(k)
@@ -329,7 +325,7 @@ class IndexSearcher:
         if len(qmods) != B or any(m not in MODALITIES for m in qmods):
             raise InputError("query_modality must be 'text'/'image' or one of them per query")
         targets = [modality] if modality is not None else self.modalities
-        filt = mode in ("filter", "redirect+filter")
+        filt = mode_.filters
         want = k * overfetch if rerank == "entail" else k
         # per target: the searched query points and the candidates
         per_target = {}
@@ -416,8 +412,7 @@ class IndexSearcher:
         """Encode and search texts then images (in that order). Empty text → InputError ("empty query")."""
         texts = list(texts)
         images = list(images)
-        if mode not in MODES:
-            raise InputError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        Mode.parse(mode)
         if not texts and not images:
             raise InputError("empty query: give at least one text or image")
         for i, t in enumerate(texts):

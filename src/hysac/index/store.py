@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, ModelMismatchError
+from ..policy import MODALITIES
 from .ann import AnnConfig
 
 __all__ = [
@@ -60,7 +61,6 @@ EMB_DIR = "embeddings"
 ERRORS_FILE = "errors.jsonl"
 STAGING_DIR = "staging"
 LOCK_FILE = ".lock"
-MODALITIES = ("text", "image")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import safety
 from ..errors import HySACError, InputError
+from ..policy import MODES, Mode, over_threshold
 from ..images import IMAGE_EXTENSIONS
 from .plot import disk_coordinates, poincare_radius
 from .schemas import (ClassifyRequest, ClassifyResponse, ErrorResponse, HealthResponse, SearchRequest,
@@ -587,18 +588,16 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         return k
 
     def query_info(x: torch.Tensor, modality: str, text: str | None, image: str | None) -> dict[str, Any]:
-        score = float(m.score(x)[0])
-        thr = thresholds[modality]
-        cats = m.categorize(x)
-        cat_d = ({name: round(float(p), 4) for name, p in zip(safety.CATEGORIES, cats[0])}
-                 if cats is not None else None)
+        v = m.policy.judge(x, modality)
+        score, unsafe = float(v.scores[0]), bool(v.unsafe[0])
+        cat_d = v.category_dict(0) if v.categories is not None else None
         info: dict[str, Any] = {"modality": modality}
         if text is not None:
             info["text"] = text
         if image is not None:
             info["image"] = image
-        info.update(safety_score=score, unsafe=bool(score > thr), threshold=thr, categories=cat_d,
-                    top_category=safety.top_category(cat_d, bool(score > thr)))
+        info.update(safety_score=score, unsafe=unsafe, threshold=v.threshold, categories=cat_d,
+                    top_category=safety.top_category(cat_d, unsafe))
         return info
 
     def result_dict(r: Any) -> dict[str, Any]:
@@ -633,7 +632,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                           "embed_dim": int(m.embed_dim), "thresholds": thresholds,
                           "categories": m.category_head is not None, "device": str(m.device),
                           "fast_path": app.state.fast},
-                "index": index, "modes": ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"],
+                "index": index, "modes": list(MODES),
                 "limits": limits, "pending": engine.pending + engine.queued,
                 "encode_batching": dict(engine.encode_stats)}
 
@@ -691,13 +690,20 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
 
         def job(x: torch.Tensor):
             info = query_info(x, modality, text, up.filename if up is not None else None)
-            res = engine.searcher.search(x, k=body.k, mode=body.mode, modality=body.modality, rerank=body.rerank,
-                                         query_modality=modality)[0]
-            return info, [result_dict(r) for r in res]
+            s = engine.searcher
+            res = s.search(x, k=body.k, mode=body.mode, modality=body.modality, rerank=body.rerank,
+                           query_modality=modality)[0]
+            # what the mode did to the query for each sub-gallery searched (the page's status line)
+            moves = {}
+            for t in ([body.modality] if body.modality else s.modalities):
+                mv = s.move_queries(x, body.mode, t)
+                moves[t] = {"radius": mv.radius, "moved": bool(mv.moved[0]), "status": mv.describe(0),
+                            "score_after": float(m.score(mv.points.float())[0])}
+            return info, [result_dict(r) for r in res], moves
 
-        info, results = await engine.query(modality, text if modality == "text" else pil, job)
+        info, results, moves = await engine.query(modality, text if modality == "text" else pil, job)
         return JSONResponse(_clean({"query": info, "mode": body.mode, "k": body.k, "modality": body.modality,
-                                    "rerank": body.rerank, "results": results,
+                                    "rerank": body.rerank, "results": results, "moves": moves,
                                     "took_ms": (time.perf_counter() - t0) * 1e3}))
 
     @app.post("/traverse", response_model=TraverseResponse, responses=_ERRORS, tags=["safety"],
@@ -721,13 +727,8 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
 
         def job(x: torch.Tensor):
             info = query_info(x, modality, text, up.filename if up is not None else None)
-            if body.tau is not None:
-                tau = float(body.tau)
-            elif body.direction == "in":
-                tau = float(m.redirect_tau(target))
-            else:
-                tau = float(m.seek_unsafe_tau(target))
-            y = safety.traverse(x, m.curvature, tau, direction=body.direction)
+            mv = m.policy.move(x, Mode.for_direction(body.direction), target, tau=body.tau)
+            y, tau = mv.points, float(mv.radius)
             before, after = float(m.score(x)[0]), float(m.score(y)[0])
             rb: list = []
             ra: list = []
@@ -745,9 +746,9 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
             thr = thresholds[modality]
             points = [
                 {"role": "query_before", "x": xy[0, 0], "y": xy[0, 1], "radius": radii[0], "safety_score": before,
-                 "unsafe": before > thr, "label": label, "modality": modality},
+                 "unsafe": bool(over_threshold(before, thr)), "label": label, "modality": modality},
                 {"role": "query_after", "x": xy[1, 0], "y": xy[1, 1], "radius": radii[1], "safety_score": after,
-                 "unsafe": after > thr, "label": label, "modality": modality},
+                 "unsafe": bool(over_threshold(after, thr)), "label": label, "modality": modality},
             ]
             before_ids = {r.id for r in rb}
             after_ids = {r.id for r in ra}
@@ -766,8 +767,8 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
             for ring in rings:
                 ring["radius"] = float(poincare_radius(ring["distance"], c))
             return {"query": info, "target": target, "direction": body.direction, "tau": tau,
-                    "score_before": before, "score_after": after, "unsafe_before": before > thr,
-                    "unsafe_after": after > thr, "moved": abs(after - before) > 1e-6,
+                    "score_before": before, "score_after": after,
+                    "unsafe_before": bool(over_threshold(before, thr)), "unsafe_after": bool(over_threshold(after, thr)), "moved": bool(mv.moved[0]), "status": mv.describe(0),
                     "results_before": [result_dict(r) for r in rb], "results_after": [result_dict(r) for r in ra],
                     "plot": {"curvature": c, "points": points, "rings": rings}}
 

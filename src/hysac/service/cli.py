@@ -13,7 +13,7 @@ __all__ = ["serve_command"]
 
 
 def serve_command(
-    index: Optional[Path] = typer.Option(None, "--index", "-i",
+    index: Optional[Path] = typer.Option(None, "--index", "-x",
                                          help="Index directory to search (default: none; /search answers 503)."),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Model name or folder (default: the index's model, else the shipped "

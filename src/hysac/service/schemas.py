@@ -6,8 +6,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Mode = Literal["off", "filter", "redirect", "redirect+filter", "seek-unsafe"]
-Modality = Literal["text", "image"]
+from ..policy import MODES
+from ..safety import Modality
+
+Mode = Literal[MODES]  # type: ignore[valid-type]  # the values of hysac.policy.Mode
 
 
 class _Body(BaseModel):
@@ -118,6 +120,13 @@ class ResultOut(BaseModel):
     entailed: Optional[bool] = None
 
 
+class QueryMove(BaseModel):
+    radius: Optional[float] = Field(description="Distance from the origin the mode moves the query to (null: no move).")
+    moved: bool = Field(description="Whether the query was moved before searching this sub-gallery.")
+    status: str = Field(description="What was done, in words, e.g. 'pulled in to radius 0.420'.")
+    score_after: float = Field(description="Safety score of the point actually searched.")
+
+
 class SearchResponse(BaseModel):
     query: QueryInfo
     mode: Mode
@@ -125,6 +134,8 @@ class SearchResponse(BaseModel):
     modality: Optional[Modality]
     rerank: str
     results: list[ResultOut]
+    moves: dict[str, QueryMove] = Field(description="Per sub-gallery searched (text / image): what the mode did "
+                                                    "to the query.")
     took_ms: float
 
 
@@ -165,6 +176,7 @@ class TraverseResponse(BaseModel):
     unsafe_before: bool
     unsafe_after: bool
     moved: bool
+    status: str = Field(description="What was done, in words (hysac.policy.Moved.describe).")
     results_before: list[ResultOut]
     results_after: list[ResultOut]
     plot: Plot

@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
         "order_log_space": False,  # hinge on log-distances (ratio margin) instead of distances
         "category": 1.0,  # weight of the 7-category BCE head
         "category_unsafe_only": True,  # train the category head on unsafe rows only
+        # weight of "a photo of a <object>" ↔ simulated photo of that object contrastive term (backbones with
+        # object classes; see Backbone.class_photo_features), and its classes per step
+        "class_photos": 0.0,
+        "class_photos_batch": 64,
         "safeclip": {},  # SafeCLIPLossWeights overrides
     },
     "optim": {

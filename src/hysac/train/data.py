@@ -314,3 +314,43 @@ def dataset_fingerprint(data: TrainData) -> str:
         h.update(Path(p).name.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def preflight(cfg: dict) -> dict:
+    """What ``hysac train --dry-run`` prints: the config's outputs and, for offline data, the text split sizes and
+    the image sources it will read — every data file opened and checked, nothing encoded or trained. Raises
+    :class:`InputError` naming what is missing."""
+    d = cfg["data"]
+    out: dict = {"name": cfg.get("name"), "objective": cfg.get("objective"), "out_dir": str(cfg.get("out_dir")),
+                 "export_dir": None if cfg.get("export_dir") is None else str(cfg["export_dir"]),
+                 "backbone": dict(cfg.get("backbone") or {}), "epochs": cfg["optim"].get("epochs"),
+                 "data": {"kind": d.get("kind")}}
+    if d.get("kind") == "visu":
+        for key in ("visu_train", "visu_val", "visu_test", "coco_root", "visu_root"):
+            if d.get(key) is not None and not Path(d[key]).expanduser().exists():
+                raise InputError(f"data.{key}: {d[key]} does not exist")
+        return out
+    seed = int(cfg["seed"])
+    if d.get("corpus") is not None:
+        from ..data.corpus import register_splits
+
+        splits = register_splits({"data_dir": d.get("data_dir"), "seed": seed, "val_fraction": d["val_fraction"],
+                                  "test_fraction": d["test_fraction"], **dict(d["corpus"] or {})})
+    else:
+        from ..data import text_safety_splits
+
+        splits = text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
+                                    test_fraction=d["test_fraction"])
+    out["data"]["texts"] = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
+    images = {"openmoji": f"rendered at {d['openmoji_size']} px"}
+    if d.get("clipart"):
+        from ..data.clipart import load_openclipart
+
+        images["clipart"] = len(load_openclipart(d.get("clipart_root"), max_safe=d.get("clipart_max_safe", 2000),
+                                                 seed=seed))
+    if d.get("photos"):
+        from ..data.photos import load_photos
+
+        images["photos"] = len(load_photos())
+    out["data"]["images"] = images
+    return out

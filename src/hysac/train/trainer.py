@@ -27,7 +27,7 @@ from .. import metrics as M
 from ..backbones import build_backbone
 from ..errors import InputError
 from ..images import load_image
-from ..losses import HySACLoss, category_loss, class_order_loss, safeclip_loss
+from ..losses import HySACLoss, category_loss, class_order_loss, lorentz_contrastive, safeclip_loss
 from ..model import HySAC
 from ..safety import CATEGORIES, fit_bounds
 from .config import dump_config
@@ -87,8 +87,11 @@ class Featurizer:
     """
 
     def __init__(self, model: HySAC, data: TrainData, cache_dir: Path | None, use_cache: bool, device,
-                 text_memo: dict[str, Tensor] | None = None, loader_workers: int = 0):
+                 text_memo: dict[str, Tensor] | None = None, loader_workers: int = 0,
+                 prompts: list[str] | None = None):
         self.model, self.data, self.device = model, data, device
+        # a second text pool beside the corpus: the object-class prompts of the class-photo term (pool="prompts")
+        self.prompts = list(prompts or [])
         self.text_memo = text_memo if text_memo is not None else {}
         # images of the uncached path: decoded in loader processes, the next step's while this one trains
         spec = model.backbone.pixel_spec()
@@ -105,13 +108,20 @@ class Featurizer:
         image_frozen = not any(p.requires_grad for n, p in bb.named_parameters()
                                if "head" not in n and not n.startswith("text_model."))
         self.top_cached = bool(use_cache and not frozen and image_frozen and text_from is not None)
-        self.text_cache = self.image_cache = None
+        self.text_cache = self.image_cache = self.prompt_cache = None
         self.text_states: list[Tensor] = []
+        self.prompt_states: list[Tensor] = []
         if self.cached:
             self.text_cache, self.image_cache = self._build_cache(cache_dir)
+            if self.prompts:
+                with torch.no_grad():
+                    frozen_text_space(bb, self.prompts, self.device, self.text_memo)
+                self.prompt_cache = torch.stack([self.text_memo[t] for t in self.prompts])
         elif self.top_cached:
             self.image_cache = self._build_image_cache(cache_dir)
-            self.text_states = self._build_trunk_states()
+            self.text_states = self._build_trunk_states(self.data.texts)
+            if self.prompts:
+                self.prompt_states = self._build_trunk_states(self.prompts, "caching class-prompt trunk")
 
     def _build_image_cache(self, cache_dir: Path | None) -> Tensor:
         bb = self.model.backbone
@@ -137,17 +147,16 @@ class Featurizer:
             tmp.replace(path)
         return image
 
-    def _build_trunk_states(self) -> list[Tensor]:
-        """Per pool text, the (L_i,384) fp16 token states entering the first trainable text layer (in memory)."""
+    def _build_trunk_states(self, texts: list[str], desc: str = "caching text trunk") -> list[Tensor]:
+        """Per text, the (L_i,384) fp16 token states entering the first trainable text layer (in memory)."""
         from tqdm.auto import tqdm
 
         bb = self.model.backbone
-        texts = self.data.texts
         states: list[Tensor | None] = [None] * len(texts)
         order, batches = bb.length_sorted_batches(texts, 128)
         pos = 0
         with torch.no_grad():
-            for batch in tqdm(batches, total=(len(texts) + 127) // 128, desc="caching text trunk", unit="batch"):
+            for batch in tqdm(batches, total=(len(texts) + 127) // 128, desc=desc, unit="batch"):
                 mask = batch["attention_mask"]
                 h = bb.text_trunk_states(batch["input_ids"].to(self.device), mask.to(self.device)).cpu()
                 for j in range(h.shape[0]):
@@ -155,15 +164,16 @@ class Featurizer:
                 pos += h.shape[0]
         return states  # type: ignore[return-value]
 
-    def _top_text(self, idx: list[int], bb) -> Tensor:
-        states = [self.text_states[i] for i in idx]
+    @staticmethod
+    def _top_text(pool: list[Tensor], idx: list[int], bb, device) -> Tensor:
+        states = [pool[i] for i in idx]
         length = max(s.shape[0] for s in states)
         hidden = torch.zeros(len(states), length, states[0].shape[1])
         mask = torch.zeros(len(states), length, dtype=torch.long)
         for j, s in enumerate(states):
             hidden[j, : s.shape[0]] = s.float()
             mask[j, : s.shape[0]] = 1
-        return bb.text_top_features(hidden.to(self.device), mask.to(self.device))
+        return bb.text_top_features(hidden.to(device), mask.to(device))
 
     def _build_cache(self, cache_dir: Path | None):
         """(text, image) base features of the pools: texts through the frozen-space memo (every pool text once,
@@ -175,22 +185,26 @@ class Featurizer:
                 else torch.zeros(0, bb.text_base_dim))
         return text, self._build_image_cache(cache_dir)
 
-    def text(self, idx: Tensor, backbone=None) -> Tensor:
+    def text(self, idx: Tensor, backbone=None, pool: str = "corpus") -> Tensor:
+        """(N,) indices into the corpus texts (or, with ``pool="prompts"``, the class prompts) → (N, embed_dim)."""
         bb = backbone or self.model.backbone
+        texts, cache, states = ((self.data.texts, self.text_cache, self.text_states) if pool == "corpus"
+                                else (self.prompts, self.prompt_cache, self.prompt_states))
         if idx.numel() == 0:
             return torch.zeros(0, bb.embed_dim, device=self.device)
         if self.cached:
-            return bb.head_text(self.text_cache[idx.cpu()].to(self.device))
+            return bb.head_text(cache[idx.cpu()].to(self.device))
         if self.top_cached:
             # length-sorted chunks (little padding, bounded memory), returned in the asked order
             ids = idx.tolist()
-            order = sorted(range(len(ids)), key=lambda j: self.text_states[ids[j]].shape[0])
+            order = sorted(range(len(ids)), key=lambda j: states[ids[j]].shape[0])
             chunk = 64 if torch.is_grad_enabled() else 256
-            parts = [self._top_text([ids[j] for j in order[k:k + chunk]], bb) for k in range(0, len(order), chunk)]
+            parts = [self._top_text(states, [ids[j] for j in order[k:k + chunk]], bb, self.device)
+                     for k in range(0, len(order), chunk)]
             inverse = torch.empty(len(ids), dtype=torch.long)
             inverse[torch.as_tensor(order)] = torch.arange(len(ids))
             return bb.head_text(torch.cat(parts)[inverse.to(self.device)])
-        tok = bb.tokenize([self.data.texts[i] for i in idx.tolist()])
+        tok = bb.tokenize([texts[i] for i in idx.tolist()])
         return bb.text_features(tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
 
     def image(self, idx: Tensor, backbone=None) -> Tensor:
@@ -339,8 +353,12 @@ class Trainer:
             from ..fast.loader import default_workers
 
             workers = default_workers() if self.device.type == "cuda" else 0
+        # "a photo of a <object>" ↔ simulated photos of the object (backbones whose image tower has object classes)
+        self.class_photos = float(cfg["loss"].get("class_photos") or 0.0)
+        names = self.model.backbone.class_names() if cfg["objective"] == "hysac" else None
+        self.prompts, self.prompt_owner, self.prompt_eval = class_prompts(names or [])
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
-                               self._text_memo, loader_workers=int(workers))
+                               self._text_memo, loader_workers=int(workers), prompts=self.prompts)
         if len(self._text_memo) > n_memo:  # texts encoded for pairing and for the feature cache
             self._save_text_memo(cache_dir)
         self._text_memo = {}
@@ -524,6 +542,10 @@ class Trainer:
                                      log_space=bool(cfg_l.get("order_log_space", False)))
             logs["class_order"] = float(order.detach())
             parts.append(w_order * order)
+        if self.class_photos > 0 and self.prompts:
+            cp = self._class_photo_loss(int(cfg_l.get("class_photos_batch", 64)))
+            logs["class_photos"] = float(cp.detach())
+            parts.append(self.class_photos * cp)
         w_cat = float(cfg_l.get("category", 0.0))
         if w_cat > 0 and self.model.category_head is not None:
             logits, targets = [], []
@@ -542,6 +564,42 @@ class Trainer:
                 logs["category"] = float(cl.detach())
                 parts.append(w_cat * cl)
         return sum(parts), logs
+
+    def _class_photo_loss(self, n: int) -> Tensor:
+        """Hyperbolic InfoNCE between ``n`` random object classes' prompts (one random template / synonym each) and
+        simulated photos of them (:meth:`Backbone.class_photo_features`); the step's RNG draws both."""
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,))))
+        n_cls = len(self.prompt_eval)
+        classes = torch.randperm(n_cls, generator=gen)[: min(n, n_cls)]
+        starts, counts = self._prompt_spans()
+        pick = starts[classes] + (torch.rand(len(classes), generator=gen) * counts[classes]).long()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            txt = self.feat.text(pick, pool="prompts")
+            img = self.model.backbone.class_photo_features(classes, gen)
+        c = self.model.curv_tensor()
+        return lorentz_contrastive(self.model.lift_image(img.float()), self.model.lift_text(txt.float()), c,
+                                   self.model.logit_scale.float().exp())
+
+    def _prompt_spans(self) -> tuple[Tensor, Tensor]:
+        owner = torch.as_tensor(self.prompt_owner)
+        counts = torch.bincount(owner, minlength=len(self.prompt_eval))
+        starts = torch.cumsum(counts, 0) - counts
+        return starts, counts
+
+    @torch.no_grad()
+    def class_photo_retrieval(self) -> dict[str, float]:
+        """"a photo of a <first name>" of every object class against one simulated photo per class (fixed seed):
+        R@1 / R@5 by geodesic distance, the stand-in for text→photo search over one photo per object."""
+        if not self.prompts:
+            return {}
+        self.model.eval()
+        q = self.model.lift_text(self.feat.text(torch.as_tensor(self.prompt_eval), pool="prompts").float())
+        gen = torch.Generator().manual_seed(self.seed + 12345)
+        classes = torch.arange(len(self.prompt_eval))
+        g = torch.cat([self.model.lift_image(self.model.backbone.class_photo_features(classes[i:i + 250], gen).float())
+                       for i in range(0, len(classes), 250)])
+        r = M.recall_at_k(-L.pairwise_dist(q, g, self.model.curvature), classes, ks=(1, 5))
+        return {"class_photo_R@1": r[1], "class_photo_R@5": r[5]}
 
     def _sync_grads(self) -> None:
         if self.world == 1:
@@ -688,6 +746,7 @@ class Trainer:
             "U": float(np.median(ts[lab == 1])) if (lab == 1).any() else None,
             "G": float(np.median(ims[il == 1])) if (il == 1).any() else None,
         }
+        res.update(self.class_photo_retrieval())
         return res
 
     def _text_scores(self, split: str) -> np.ndarray:
@@ -906,6 +965,28 @@ class Trainer:
                 (Path(export) / "training_config.json").write_text(dump_config(self.cfg))
                 self.log(f"exported model to {export}")
         return result
+
+
+#: templates of the object-class prompts (the first is the evaluation query)
+CLASS_PROMPT_TEMPLATES = ("a photo of a {}", "a photo of the {}", "a picture of a {}", "a close-up photo of a {}",
+                          "a photo of my {}", "{}")
+CLASS_PROMPT_LEMMAS = 3
+
+
+def class_prompts(names: list[list[str]]) -> tuple[list[str], list[int], list[int]]:
+    """Object classes (each a list of synonyms) → ``(prompts, owner, eval_index)``: every template × the first
+    :data:`CLASS_PROMPT_LEMMAS` synonyms, grouped by class (``owner[j]`` the class of ``prompts[j]``), and per class
+    the index of "a photo of a <first synonym>"."""
+    prompts: list[str] = []
+    owner: list[int] = []
+    first: list[int] = []
+    for c, lemmas in enumerate(names):
+        first.append(len(prompts))
+        for lemma in lemmas[:CLASS_PROMPT_LEMMAS]:
+            for t in CLASS_PROMPT_TEMPLATES:
+                prompts.append(t.format(lemma))
+                owner.append(c)
+    return prompts, owner, first
 
 
 def _tower_key(key: str) -> bool:

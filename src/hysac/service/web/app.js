@@ -117,13 +117,13 @@
     try {
       const res = await postQuery("/search", { mode, k, modality });
       if (mine !== seq) return;
-      renderQuery(res.query, mode, null);
+      renderQuery(res.query, mode, null, res.moves);
       renderResults(res);
       setStatus(`${res.results.length} result${res.results.length === 1 ? "" : "s"} · mode ${mode} · ${fmt(res.took_ms, 0)} ms`);
       const direction = mode === "seek-unsafe" ? "out" : "in";
       const tr = await postQuery("/traverse", { direction, target: modality, k: Math.min(k, 12) });
       if (mine !== seq) return;
-      renderQuery(res.query, mode, tr);
+      renderQuery(res.query, mode, tr, res.moves);
       renderPlot(tr);
     } catch (err) {
       if (mine !== seq) return;
@@ -140,7 +140,7 @@
   }
 
   // ------------------------------------------------------------------------------------------ rendering
-  function renderQuery(q, mode, tr) {
+  function renderQuery(q, mode, tr, moves) {
     const card = $("query-card");
     card.replaceChildren();
     card.append(el("strong", { text: q.modality === "image" ? "Image query" : "Query" }));
@@ -149,14 +149,15 @@
     card.append(el("span", { class: "muted small", text: "threshold " + fmt(q.threshold) }));
     const tc = topCategory(q.top_category);
     if (tc) card.append(tc);
-    if (tr) {
-      const verb = tr.direction === "in" ? "redirected" : "pushed out";
-      const what = tr.moved
-        ? `${verb} toward ${tr.target}s: ${fmt(tr.score_before)} → ${fmt(tr.score_after)}`
-        : `not moved (already ${tr.direction === "in" ? "inside" : "outside"} radius ${fmt(tr.tau)})`;
-      const note = (mode === "redirect" || mode === "redirect+filter" || mode === "seek-unsafe") ? what
-        : what + " (what a redirect mode would search with)";
-      card.append(el("span", { class: "small", id: "move-note", text: note }));
+    const moving = mode === "redirect" || mode === "redirect+filter" || mode === "seek-unsafe";
+    if (moving && moves && Object.keys(moves).length) {
+      // what the search itself did to the query, per sub-gallery (the server's words: hysac.policy)
+      const parts = Object.entries(moves).map(([t, mv]) =>
+        `${t}s: ${mv.status}` + (mv.moved ? ` (${fmt(q.safety_score)} → ${fmt(mv.score_after)})` : ""));
+      card.append(el("span", { class: "small", id: "move-note", text: parts.join(" · ") }));
+    } else if (tr) {
+      card.append(el("span", { class: "small", id: "move-note",
+                               text: tr.status + " (what a redirect mode would search with)" }));
     }
     card.hidden = false;
   }

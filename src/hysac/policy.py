@@ -1,0 +1,213 @@
+"""The safety policy, in one place: what is unsafe, and what each search mode does to a query.
+
+Every front end (Python API, CLI, index search, HTTP service, evaluation) asks :class:`SafetyPolicy` and nothing
+else for these decisions:
+
+* **verdict** — an input of modality ``m`` is unsafe iff its safety score (geodesic distance from the origin)
+  exceeds the model's threshold for ``m`` (:meth:`SafetyPolicy.threshold`, fitted on validation data);
+* **modes** (:class:`Mode`) — ``off`` searches the query as it is; ``filter`` drops results above the target
+  modality's threshold; ``redirect`` pulls the query in along its geodesic through the origin to the target
+  modality's **redirect radius** before searching; ``redirect+filter`` does both; ``seek-unsafe`` pushes it out to
+  the target's **seek-unsafe radius** (how a moderator hunts unsafe content);
+* **radii** — redirect: the model's traversal rule on the target's safe class (``rule: official`` →
+  ``τ = b + tanh((b − α)/c) + 1``, ``rule: bound`` → ``b + margin``, with ``b`` the class's 95th percentile);
+  seek-unsafe: the mean distance of the target's unsafe class. Queries already on the right side of the radius do
+  not move (:class:`Moved` says which did).
+
+The geometry itself (:func:`hysac.safety.traverse`) stays in :mod:`hysac.safety`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from . import safety as S
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import HySAC
+
+Modality = Literal["text", "image"]
+MODALITIES: tuple[str, ...] = ("text", "image")
+
+
+class Mode(str, Enum):
+    """Search safety modes (their values are what the CLI, the API and the web page accept)."""
+
+    OFF = "off"
+    FILTER = "filter"
+    REDIRECT = "redirect"
+    REDIRECT_FILTER = "redirect+filter"
+    SEEK_UNSAFE = "seek-unsafe"
+
+    @property
+    def direction(self) -> Literal["in", "out"] | None:
+        """How the query moves before the search: ``"in"`` (toward the origin), ``"out"``, or ``None``."""
+        if self in (Mode.REDIRECT, Mode.REDIRECT_FILTER):
+            return "in"
+        return "out" if self is Mode.SEEK_UNSAFE else None
+
+    @property
+    def filters(self) -> bool:
+        """Whether results above the target modality's unsafe threshold are dropped."""
+        return self in (Mode.FILTER, Mode.REDIRECT_FILTER)
+
+    @classmethod
+    def parse(cls, value: "Mode | str") -> "Mode":
+        """A :class:`Mode` from its value; anything else → :class:`InputError` listing the modes."""
+        if isinstance(value, Mode):
+            return value
+        try:
+            return cls(str(value))
+        except ValueError:
+            raise InputError(f"unknown search mode {value!r}; use one of {', '.join(MODES)}") from None
+
+    @classmethod
+    def for_direction(cls, direction: str) -> "Mode":
+        """The mode whose move is ``direction`` (``"in"`` → redirect, ``"out"`` → seek-unsafe)."""
+        if direction == "in":
+            return cls.REDIRECT
+        if direction == "out":
+            return cls.SEEK_UNSAFE
+        raise InputError(f"unknown traversal direction {direction!r}; use 'in' or 'out'")
+
+
+MODES: tuple[str, ...] = tuple(m.value for m in Mode)
+
+
+def over_threshold(scores: Any, threshold: Any) -> Any:
+    """The verdict rule itself: unsafe iff score > θ. Works on floats, numpy arrays and tensors alike (the index
+    applies it to stored scores, the service to single queries)."""
+    return scores > threshold
+
+
+def check_modality(value: Any, what: str = "modality") -> str:
+    """``value`` if it is ``"text"`` or ``"image"``, else :class:`InputError` naming ``what``."""
+    if value not in MODALITIES:
+        raise InputError(f"unknown {what} {value!r}; use 'text' or 'image'")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """Query points after a mode's move. ``points`` (B,D), ``moved`` (B,) bool, ``radius`` the target distance
+    from the origin (``None`` for modes that do not move), ``direction`` ``"in"`` / ``"out"`` / ``None``."""
+
+    points: Tensor
+    moved: Tensor
+    radius: float | None
+    direction: Literal["in", "out"] | None
+
+    def describe(self, i: int = 0) -> str:
+        """What happened to query ``i``, in words (the web page's status line uses the same text)."""
+        if self.radius is None:
+            return "searched as is"
+        side = "inside" if self.direction == "in" else "outside"
+        verb = "pulled in" if self.direction == "in" else "pushed out"
+        if bool(self.moved[i]):
+            return f"{verb} to radius {self.radius:.3f}"
+        return f"not moved (already {side} radius {self.radius:.3f})"
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Per-input decisions for one modality: ``scores`` (B,), ``unsafe`` (B,) bool, the ``threshold`` used and
+    ``categories`` (B,7) probabilities in :data:`hysac.safety.CATEGORIES` order (``None`` without a head)."""
+
+    scores: Tensor
+    unsafe: Tensor
+    threshold: float
+    categories: Tensor | None
+
+    def category_dict(self, i: int) -> dict[str, float]:
+        if self.categories is None:
+            return {}
+        return {name: round(float(p), 4) for name, p in zip(S.CATEGORIES, self.categories[i])}
+
+
+class SafetyPolicy:
+    """The decisions of one model (read live from it: re-fitted bounds apply at once).
+
+    ``SafetyPolicy(model)``; every :class:`hysac.model.HySAC` has one as ``model.policy``.
+    """
+
+    def __init__(self, model: "HySAC") -> None:
+        self.model = model
+
+    # -- what is unsafe -----------------------------------------------------------------------------------------
+    def bounds(self) -> S.Bounds:
+        b = self.model.bounds
+        if b is None:
+            raise InputError("this model has no safety bounds; fit them with hysac.safety.fit_bounds and set "
+                             "model.bounds (or load a model that ships hysac_bounds.json)")
+        return b
+
+    def threshold(self, modality: str) -> float:
+        """θ: an input of ``modality`` is unsafe iff its score > θ."""
+        return float(self.bounds().threshold(check_modality(modality)))  # type: ignore[arg-type]
+
+    def unsafe(self, scores: Tensor, modality: str, threshold: float | None = None) -> tuple[Tensor, float]:
+        """(B,) safety scores of ``modality`` inputs → ((B,) bool verdicts, the threshold used)."""
+        theta = self.threshold(modality) if threshold is None else float(threshold)
+        return over_threshold(scores, theta), theta
+
+    def judge(self, x_hyp: Tensor, modality: str, threshold: float | None = None, *,
+              categories: bool = True) -> Verdicts:
+        """(B,D) points of ``modality`` → :class:`Verdicts` (``threshold`` overrides the model's)."""
+        scores = S.safety_score(x_hyp, self.model.curvature)
+        unsafe, theta = self.unsafe(scores, modality, threshold)
+        return Verdicts(scores=scores, unsafe=unsafe, threshold=theta,
+                        categories=self.model.categorize(x_hyp) if categories else None)
+
+    # -- what each mode does ------------------------------------------------------------------------------------
+    def redirect_radius(self, target: str, rule: dict[str, Any] | None = None) -> float:
+        """Distance from the origin a query is pulled in to before searching ``target`` items: the model's
+        traversal rule (or ``rule``, e.g. ``{"rule": "official", "alpha": 0.8}``) on the target's safe class."""
+        rule = self.model.traversal if rule is None else rule
+        safe = S.SAFE_CLASS[check_modality(target, "target")]  # type: ignore[index]
+        b = self.bounds()
+        if safe not in b.classes:
+            raise InputError(f"no redirect radius for {target}: the model's bounds lack class {safe}")
+        up = b[safe].up_95
+        if rule.get("rule", "official") == "bound":
+            return float(up + float(rule.get("margin", 0.0)))
+        return S.official_tau(up, self.model.curvature, float(rule.get("alpha", 0.8)))
+
+    def seek_unsafe_radius(self, target: str) -> float:
+        """Distance from the origin a query is pushed out to when hunting unsafe ``target`` items."""
+        unsafe = S.UNSAFE_CLASS[check_modality(target, "target")]  # type: ignore[index]
+        b = self.bounds()
+        if unsafe not in b.classes:
+            raise InputError(f"no seek-unsafe radius for {target}: the model's bounds lack class {unsafe}")
+        return float(b[unsafe].avg)
+
+    def radius(self, mode: "Mode | str", target: str) -> float | None:
+        """The radius ``mode`` moves queries to before searching ``target`` items (``None``: no move)."""
+        mode = Mode.parse(mode)
+        if mode.direction == "in":
+            return self.redirect_radius(target)
+        if mode.direction == "out":
+            return self.seek_unsafe_radius(target)
+        return None
+
+    def move(self, x_hyp: Tensor, mode: "Mode | str", target: str, *, tau: float | None = None,
+             how: Literal["geodesic", "paper"] = "geodesic") -> Moved:
+        """(B,D) or (D,) query points → :class:`Moved`: where ``mode`` puts them before searching ``target``.
+
+        ``tau`` replaces the mode's radius; ``how="paper"`` gives the official output form (space norm τ)."""
+        mode = Mode.parse(mode)
+        check_modality(target, "target")
+        radius = self.radius(mode, target) if tau is None or mode.direction is None else float(tau)
+        if mode.direction is None:
+            return Moved(points=x_hyp, moved=torch.zeros(x_hyp.shape[:-1], dtype=torch.bool), radius=None,
+                         direction=None)
+        c = self.model.curvature
+        y = S.traverse(x_hyp, c, radius, direction=mode.direction, mode=how)
+        before = S.safety_score(x_hyp, c)
+        moved = before > radius if mode.direction == "in" else before < radius
+        return Moved(points=y, moved=moved.cpu(), radius=float(radius), direction=mode.direction)
