@@ -64,6 +64,22 @@ def measure(name: str) -> dict:
         ps = model.score(prompts).numpy()
     out["imagenet_prompts_as_text"] = {"n": len(ps), "flagged_at_text_threshold": int((ps > model.unsafe_threshold(
         "text")).sum())}
+    # caption → image on the drawn sources (1000 of each, seeded; captions are OpenMoji annotations / clip-art
+    # file names, so this measures the caption register as much as the model)
+    for key, frame in _drawn_sources().items():
+        with torch.no_grad():
+            g = model.encode_image(list(frame["path"]))
+            out[f"retrieval_{key}"] = _recall(model.encode_text(list(frame["caption"])), g, model)
+    names = model.backbone.class_names()
+    if names:  # one simulated photo per ImageNet class (Backbone.class_photo_features), "a photo of a <name>"
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(12345)
+            classes = torch.arange(len(names))
+            g = torch.cat([model.lift_image(model.backbone.class_photo_features(classes[i:i + 250], gen).float())
+                           for i in range(0, len(classes), 250)])
+            q = model.encode_text([f"a photo of a {n[0]}" for n in names])
+            sc = model.score(g).numpy()
+        out["class_photos"] = {**_recall(q, g, model), "fpr": float((sc > th).mean())}
     protos = model.backbone.image_class_prototypes()
     if protos is not None:
         with torch.no_grad():
@@ -71,6 +87,22 @@ def measure(name: str) -> dict:
         flagged = [protos[0][i].split(",")[0] for i in np.flatnonzero(pscore > th)]
         out["imagenet_class_prototypes"] = {"n": len(pscore), "fpr": float((pscore > th).mean()),
                                             "flagged": flagged}
+    return out
+
+
+def _drawn_sources(n: int = 1000) -> dict:
+    """Up to ``n`` captioned OpenMoji and Open Clip Art images each (unique captions, seeded sample)."""
+    from hysac.data import render_openmoji
+    from hysac.data.clipart import load_openclipart
+
+    out = {}
+    emoji = render_openmoji(224, progress=False).drop_duplicates("caption")
+    out["emoji"] = emoji.sample(min(n, len(emoji)), random_state=0).reset_index(drop=True)
+    try:
+        clip = load_openclipart(max_safe=None).drop_duplicates("caption")
+        out["clipart"] = clip.sample(min(n, len(clip)), random_state=0).reset_index(drop=True)
+    except Exception as e:  # noqa: BLE001 - the Debian package is optional
+        print(f"clip art left out: {e}")
     return out
 
 
@@ -83,14 +115,20 @@ def _class_names() -> list[str]:
 def to_markdown(rows: list[dict]) -> str:
     lines = [f"# Image side on real photos ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()})",
              "", "| model | image threshold | photo FPR (per source) | ImageNet-class FPR | caption→photo R@1 / R@5 |"
-             " \"a photo of a <object>\" R@1 / R@5 |", "|---|---|---|---|---|---|"]
+             " \"a photo of a <object>\" R@1 / R@5 | simulated class photos: FPR, R@1 / R@5 |"
+             " emoji caption→image R@1 / R@5 | clip-art caption→image R@1 / R@5 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fpr = ", ".join(f"{k} {v['fpr']:.1%} of {v['n']}" for k, v in r["photos"].items())
         proto = r.get("imagenet_class_prototypes")
         ptxt = f"{proto['fpr']:.1%} ({', '.join(proto['flagged'][:12])})" if proto else "n/a (no class bridge)"
         rc, ro = r["retrieval_captions"], r["retrieval_objects"]
+        cp = r.get("class_photos")
+        ctxt = (f"{cp['fpr']:.1%}, {cp['R@1']:.2f} / {cp['R@5']:.2f} (n={cp['n']})" if cp else "n/a")
         lines.append(f"| {r['model']} | {r['image_threshold']:.3f} | {fpr} | {ptxt} | {rc['R@1']:.2f} / "
-                     f"{rc['R@5']:.2f} (n={rc['n']}) | {ro['R@1']:.2f} / {ro['R@5']:.2f} (n={ro['n']}) |")
+                     f"{rc['R@5']:.2f} (n={rc['n']}) | {ro['R@1']:.2f} / {ro['R@5']:.2f} (n={ro['n']}) | {ctxt} |"
+                     + "".join(f" {d['R@1']:.2f} / {d['R@5']:.2f} (n={d['n']}) |" if d else " n/a |"
+                               for d in (r.get("retrieval_emoji"), r.get("retrieval_clipart"))))
     return "\n".join(lines) + "\n"
 
 

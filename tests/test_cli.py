@@ -104,7 +104,8 @@ def test_fast_flag_on_classify_index_build_and_service(model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.splitlines()[-1])["added"] == 3
 
-    with TestClient(create_app(str(model_dir), tmp_path / "idx", fast=True)) as client:
+    with TestClient(create_app(str(model_dir), tmp_path / "idx", fast=True),
+                    base_url="http://127.0.0.1") as client:
         health = client.get("/health").json()
         assert health["model"]["fast_path"]["path"] == "cpu"
         r = client.post("/classify", json={"texts": texts}).json()
@@ -161,3 +162,29 @@ def test_flags_show_no_value_hint():
         res = ClickRunner().invoke(build_command(), args, env={"COLUMNS": "160"})
         assert res.exit_code == 0, res.output
         assert "<bool>" not in res.output and "--help" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "--text", "   "], "--text #1 is empty"),
+    (["classify", "--text", "a cat", "--threshold", "nan"], "--threshold must be a finite number"),
+    (["classify", "--text", "a cat", "--threshold", "-1"], "--threshold must be a finite number"),
+    (["traverse", "--text", ""], "--text #1 is empty"),
+    (["traverse", "--text", "a cat", "--tau", "-0.5"], "--tau must be a finite number"),
+    (["traverse", "--text", "a cat", "--tau", "inf"], "--tau must be a finite number"),
+    (["traverse", "--text", "a cat", "--mode", "sideways"], "unknown --mode"),
+    (["encode", "--text", "", "--out", "x.safetensors"], "--text #1 is empty"),
+    (["classify", "--text", "a \udcff cat"], "not valid UTF-8"),
+])
+def test_values_the_service_refuses_are_refused_by_the_cli(model_dir, args, message):
+    res = runner.invoke(app, [*args, "--model", str(model_dir)])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1
+
+
+def test_classify_exits_2_when_every_input_is_bad(model_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    res = runner.invoke(app, ["classify", "--model", str(model_dir), "--image", str(bad), "--json"])
+    assert res.exit_code == 2
+    assert "none of the 1 inputs could be classified" in res.output

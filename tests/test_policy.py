@@ -94,7 +94,7 @@ def test_python_cli_http_index_and_evaluation_agree(env):
         assert [r["status"] for r in rows] == [mv.describe(i) for i in range(len(QUERIES))]
 
     # HTTP
-    with TestClient(create_app(model, index)) as client:
+    with TestClient(create_app(model, index), base_url="http://127.0.0.1") as client:
         r = client.post("/classify", json={"texts": QUERIES})
         assert r.status_code == 200, r.text
         got = r.json()["results"]

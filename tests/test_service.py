@@ -9,6 +9,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,7 +45,7 @@ def app(env):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -364,7 +365,7 @@ def test_concurrent_requests_queue_and_health_stays_responsive(app):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             blocker = asyncio.ensure_future(engine.run(time.sleep, 2.0))  # occupy the inference worker
             await asyncio.sleep(0.05)
             searches = [asyncio.ensure_future(c.post("/search", json={"text": f"query {i}", "k": 3, "mode": m}))
@@ -391,7 +392,7 @@ def test_concurrent_single_queries_are_coalesced_into_batched_model_calls(env):
     async def burst(app, payloads, path="/search"):
         engine = app.state.engine
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             blocker = asyncio.ensure_future(engine.run(time.sleep, 0.3))  # let the queries pile up
             await asyncio.sleep(0.02)
             rs = await asyncio.gather(*[c.post(path, json=p) for p in payloads])
@@ -443,7 +444,7 @@ def test_busy_queue_answers_503(env):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             blocker = asyncio.ensure_future(engine.run(time.sleep, 0.5))
             await asyncio.sleep(0.05)
             rs = await asyncio.gather(*[c.post("/search", json={"text": "a", "k": 2}) for _ in range(4)])
@@ -462,7 +463,7 @@ def test_busy_queue_answers_503(env):
 def test_app_without_index(env):
     model, _, _ = env
     app = create_app(model, None, warmup=False)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         assert c.get("/health").json()["index"] is None
         r = c.post("/search", json={"text": "a"})
         assert r.status_code == 503 and r.json()["code"] == "no_index"
@@ -573,3 +574,58 @@ def test_real_server_limits_and_concurrency(app):
             assert c.get("/health").status_code == 200
         codes = [r.status_code for r in asyncio.run(burst(url))]
         assert codes == [200] * 40
+
+
+def test_item_images_are_served_only_from_the_indexed_folders(tmp_path):
+    """An indexed image swapped for a symlink to a file elsewhere (or to a non-image) is not served."""
+    from hysac.service.demo import make_demo_index, make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    index = make_demo_index(tmp_path / "demo", model, n_images=3)
+    secret = tmp_path / "secret.png"  # outside the indexed folder, even with an image suffix
+    secret.write_bytes(b"not for you")
+    with TestClient(create_app(model, index, warmup=False), base_url="http://127.0.0.1") as c:
+        res = c.post("/search", json={"text": "a red car", "k": 3, "modality": "image"}).json()["results"]
+        first, second = res[0], res[1]
+        assert c.get(first["image_url"]).status_code == 200
+        p = Path(first["path"])
+        p.unlink()
+        p.symlink_to(secret)
+        r = c.get(first["image_url"])
+        assert r.status_code == 404 and b"not for you" not in r.content
+        q = Path(second["path"])
+        q.unlink()
+        q.symlink_to("/etc/passwd")
+        assert c.get(second["image_url"]).status_code == 404
+        # a symlink that stays inside the indexed folder is still an image of the index
+        inside = sorted(p.parent.glob("*.png"))[-1]
+        p.unlink()
+        p.symlink_to(inside)
+        assert c.get(first["image_url"]).status_code == 200
+
+
+def test_host_origin_checks_and_security_headers(app):
+    """DNS rebinding (a foreign Host), cross-site posts (a foreign Origin, Sec-Fetch-Site: cross-site) are refused;
+    same-origin page requests and plain API clients (no Origin) work; every answer carries the headers."""
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        ok = c.post("/classify", json={"texts": ["a cat"]})
+        assert ok.status_code == 200
+        for k, v in (("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")):
+            assert ok.headers[k] == v
+        assert "default-src 'self'" in ok.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in c.get("/").headers["content-security-policy"]
+        same = c.post("/classify", json={"texts": ["a cat"]}, headers={"Origin": "http://127.0.0.1:8000"})
+        assert same.status_code == 200
+        for hdrs in ({"Origin": "http://evil.example"}, {"Origin": "http://127.0.0.1:9999"}, {"Origin": "null"},
+                     {"Sec-Fetch-Site": "cross-site"}):
+            r = c.post("/classify", json={"texts": ["a cat"]}, headers=hdrs)
+            assert r.status_code == 403 and r.json()["code"] == "cross_origin", hdrs
+        form = c.post("/search", data={"text": "a cat"}, headers={"Origin": "http://evil.example"})
+        assert form.status_code == 403
+        # a GET from another page is harmless (and needed for <img> in the page)
+        assert c.get("/health", headers={"Origin": "http://evil.example"}).status_code == 200
+    with TestClient(app, base_url="http://rebind.evil.example:8000") as c:
+        r = c.get("/health")
+        assert r.status_code == 421 and r.json()["code"] == "bad_host" and "--allow-host" in r.json()["error"]
+    with TestClient(app, base_url="http://localhost:8000") as c:
+        assert c.get("/health").status_code == 200

@@ -66,6 +66,25 @@ def friendly(fn):
     return wrapper
 
 
+def _check_number(name: str, value: Optional[float], lo: float = 0.0, hi: float = 1e6) -> None:
+    """A finite number in [lo, hi] (the bounds the service applies too), else a one-line error."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+        _fail(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {value}")
+
+
+def _check_texts(texts: List[str], what: str = "--text") -> None:
+    """No empty texts and no undecodable bytes (non-UTF-8 arguments arrive as lone surrogates)."""
+    for i, t in enumerate(texts, start=1):
+        if not t.strip():
+            _fail(f"{what} #{i} is empty")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            _fail(f"{what} #{i} is not valid UTF-8 text")
+
+
 def _load(model: Optional[str]):
     from .model import load_model
 
@@ -100,6 +119,8 @@ def classify(
     from .classify import classify_images, classify_texts, read_text_lines
     from .images import expand_image_paths
 
+    _check_texts(list(text))
+    _check_number("--threshold", threshold, lo=0.0)
     items: list = list(text)
     if text_file is not None:
         items += read_text_lines(text_file)
@@ -118,8 +139,9 @@ def classify(
             typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
         _print_classification(results)
-    if any(r.error for r in results) and all(r.error for r in results):
-        raise typer.Exit(1)
+    if results and all(r.error for r in results):
+        typer.echo(f"error: none of the {len(results)} inputs could be classified", err=True)
+        raise typer.Exit(2)
 
 
 def _print_classification(results) -> None:
@@ -156,6 +178,7 @@ def encode(
     from .classify import read_text_lines
     from .images import expand_image_paths
 
+    _check_texts(list(text))
     texts = list(text)
     if text_file is not None:
         lines = read_text_lines(text_file)
@@ -202,6 +225,8 @@ def traverse(
 
     if target not in ("image", "text"):
         _fail(f"unknown target {target!r}; use 'image' or 'text'")
+    _check_texts(list(text))
+    _check_number("--tau", tau)
     m = _load(model)
     inputs = list(text) + [str(p) for p in image]
     if not inputs:

@@ -198,9 +198,11 @@ class IndexWriter:
     # -- sources ------------------------------------------------------------------------------------------------
     def begin_source(self, source: Source, engine: str = "local") -> int:
         d = source.describe()
+        # the resolved path: the service serves image files only from under the recorded source folders
+        path = os.path.realpath(d["path"])
         cur = self.conn.execute(
             "INSERT INTO sources(path, kind, modality, col, engine, started) VALUES (?,?,?,?,?,?)",
-            (d["path"], d["kind"], d["modality"], d["column"], engine, utcnow()),
+            (path, d["kind"], d["modality"], d["column"], engine, utcnow()),
         )
         return int(cur.lastrowid)
 

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import mimetypes
+import os
 import sqlite3
 import threading
 import time
@@ -36,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +129,78 @@ def _clean(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------- body size limit
 class _BodyTooLarge(Exception):
     pass
+
+
+#: hosts a local server answers to by default (``hysac serve --allow-host`` adds more)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: sent with every answer; the API docs pages need their inline bootstrap script
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"))
+CSP = b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+CSP_DOCS = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            b"img-src 'self' data:; object-src 'none'; frame-ancestors 'none'")
+
+
+def _host_only(value: str) -> str:
+    """``"127.0.0.1:8000"`` → ``"127.0.0.1"``, ``"[::1]:8000"`` → ``"::1"`` (lower case)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class SiteGuardMiddleware:
+    """Refuse what a web page on another site could make a browser send to this local server:
+
+    * a ``Host`` header not among ``allowed_hosts`` (DNS rebinding) → 421;
+    * a state-changing request (not GET/HEAD/OPTIONS) whose ``Origin`` is another site, or that the browser marks
+      ``Sec-Fetch-Site: cross-site`` (cross-site form posts) → 403;
+
+    and add ``nosniff`` / ``X-Frame-Options: DENY`` / ``Referrer-Policy`` / a Content-Security-Policy to every
+    answer."""
+
+    def __init__(self, app, allowed_hosts: Sequence[str]):
+        self.app = app
+        self.allowed = {_host_only(h) for h in allowed_hosts}
+
+    async def _reply(self, send, status: int, code: str, message: str) -> None:
+        body = json.dumps(_error_body(status, code, message)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *SECURITY_HEADERS, (b"content-security-policy", CSP)]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        if "*" not in self.allowed and _host_only(host) not in self.allowed:
+            return await self._reply(send, 421, "bad_host", f"host {host[:80]!r} is not served here; start the "
+                                     "server with --allow-host for other names")
+        if scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            if origin is not None and origin != "null":
+                from urllib.parse import urlsplit
+
+                o = urlsplit(origin)
+                if (o.netloc or "").lower() != host.strip().lower():
+                    return await self._reply(send, 403, "cross_origin",
+                                             f"cross-origin request from {origin[:80]!r} refused")
+            elif origin == "null" or headers.get("sec-fetch-site") == "cross-site":
+                return await self._reply(send, 403, "cross_origin", "cross-site request refused")
+        docs = scope.get("path", "").startswith(("/docs", "/redoc", "/_docs"))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in have]
+                if b"content-security-policy" not in have:
+                    extra.append((b"content-security-policy", CSP_DOCS if docs else CSP))
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimitMiddleware:
@@ -391,13 +464,14 @@ _ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_upload_bytes: int = 8 * MB,
                max_batch: int = 256, max_k: int = 100, max_text_chars: int = 10_000,
                max_image_pixels: int = 25_000_000, max_pending: int = 1024, warmup: bool = True,
-               fast: bool = False, coalesce: int = 64) -> FastAPI:
+               fast: bool = False, coalesce: int = 64, allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
     """Build the service.
 
     ``model``: a loaded :class:`~hysac.model.HySAC`, a name/folder for :func:`~hysac.model.load_model`, or None
     (the model recorded in the index, else the shipped default). ``index_dir``: an index built with that model
     (optional; without it ``/search`` answers 503 and ``/traverse`` shows no items). ``max_upload_bytes``: the
     largest request body (JSON, or all multipart parts together). ``max_batch``: most inputs per ``/classify``.
+    ``allowed_hosts``: the ``Host`` names answered (default: this machine's loopback names; ``"*"``: any).
     ``coalesce``: most single queries (``/search``, ``/traverse``) encoded in one model call when they arrive
     together (1: one call per query). ``fast``: put the model on :func:`hysac.fast.optimize` (GPU when CUDA is available, else the CPU fast path).
     Raises :class:`~hysac.errors.HySACError` for a model/index that cannot be served (no bounds, mismatch).
@@ -452,6 +526,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
 
     app.state.fast = describe(m)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
+    app.add_middleware(SiteGuardMiddleware, allowed_hosts=list(allowed_hosts))  # outermost: checked first
 
     # ------------------------------------------------------------------------------------- error handlers
     @app.exception_handler(ApiError)
@@ -814,6 +889,41 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         """One indexed item (text or image path, safety score, categories, metadata)."""
         return JSONResponse(_clean(await run_in_threadpool(lookup, item_id)))
 
+    def source_roots() -> list[str]:
+        """Resolved folders image items may be served from: the image folders and the folders of the tables the
+        index was built from (as recorded at build time)."""
+        if db_path is None:
+            return []
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute("SELECT path, kind FROM sources").fetchall()
+        finally:
+            conn.close()
+        roots = []
+        for path, kind in rows:
+            p = os.path.realpath(path)
+            roots.append(p if kind == "folder" else os.path.dirname(p))
+        return roots
+
+    def servable_image(stored: str) -> Path | None:
+        """The stored image path if it is still a regular image file that resolves under a source root, else
+        None (a path swapped for a symlink to /etc/shadow resolves elsewhere and is refused)."""
+        if Path(stored).suffix.lower() not in IMAGE_EXTENSIONS:
+            return None
+        real = os.path.realpath(stored)
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots_cache()):
+            return None
+        if Path(real).suffix.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(real):
+            return None
+        return Path(real)
+
+    _roots: list[list[str]] = []
+
+    def roots_cache() -> list[str]:
+        if not _roots:
+            _roots.append(source_roots())
+        return _roots[0]
+
     @app.get("/items/{item_id}/image", tags=["search"], response_class=FileResponse,
              responses={404: {"model": ErrorResponse}})
     async def item_image(item_id: str):
@@ -821,9 +931,8 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         d = await run_in_threadpool(lookup, item_id)
         if d["modality"] != "image":
             raise ApiError(404, "not_found", f"item {d['id']} is a text, not an image")
-        path = Path(d["path"])
-        suffix = path.suffix.lower()
-        if suffix not in IMAGE_EXTENSIONS or not await run_in_threadpool(path.is_file):
+        path = await run_in_threadpool(servable_image, d["path"])
+        if path is None:
             raise ApiError(404, "not_found", f"the image file of item {d['id']} is no longer available")
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media,

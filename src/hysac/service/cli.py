@@ -32,6 +32,9 @@ def serve_command(
                                                          "in one model call (1: one call per query)."),
     fast: bool = typer.Option(False, "--fast", help="Fast inference path (hysac.fast: GPU when CUDA is available, "
                                                     "else CPU; same scores to float/bf16 tolerance)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Another Host name the server answers to "
+                                                                  "(repeatable; '*' for any). Loopback names and "
+                                                                  "--host are always allowed."),
 ) -> None:
     """Serve the HTTP API (/classify, /search, /traverse, /health, docs at /docs) and the web page at /."""
     import uvicorn
@@ -50,8 +53,11 @@ def serve_command(
         import torch
 
         torch.set_num_threads(torch_threads)
+    from .app import LOCAL_HOSTS
+
+    hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *allow_host]
     app = create_app(model, index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch,
-                     max_k=max_k, fast=fast, coalesce=coalesce)
+                     max_k=max_k, fast=fast, coalesce=coalesce, allowed_hosts=hosts)
     where = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
     typer.echo(f"hysac serve: model {app.state.engine.model.model_id}"
                + (f" (fast path: {app.state.fast['path']})" if app.state.fast else "")

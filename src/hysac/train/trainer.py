@@ -786,7 +786,23 @@ class Trainer:
         protos = self._prototype_scores()
         if protos is not None:
             groups.append((protos, rate))
+        photos = self._class_photo_scores()
+        if photos is not None:
+            groups.append((photos, rate))
         return _worst_quantile(groups)
+
+    @torch.no_grad()
+    def _class_photo_scores(self, per_class: int = 3) -> np.ndarray | None:
+        """Distances from the origin of ``per_class`` simulated photos of every object class (fixed seed): the
+        stand-in for "everyday photos of objects" when fitting the image threshold."""
+        names = self.model.backbone.class_names() if self.cfg["objective"] == "hysac" else None
+        if not names:
+            return None
+        gen = torch.Generator().manual_seed(self.seed + 54321)
+        classes = torch.arange(len(names)).repeat(per_class)
+        x = torch.cat([self.model.lift_image(self.model.backbone.class_photo_features(classes[i:i + 500], gen).float())
+                       for i in range(0, len(classes), 500)]).cpu()
+        return L.dist0(x, self.model.curvature).numpy()
 
     def register_report(self, split: str) -> dict[str, dict[str, float]]:
         """Per source (styled copies apart): n, FPR on its safe texts and TPR on its unsafe texts at the model's
