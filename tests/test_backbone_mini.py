@@ -529,7 +529,51 @@ def test_conse_backbone_places_photos_by_content_and_round_trips(bb, tmp_path):
     assert build_backbone({"kind": "mini"}).image_class_prototypes() is None
 
 
+def test_conse_in_head_space_combines_the_class_prompts_head_outputs():
+    """conse_space='head': an image is the probability-weighted mean of its top-k classes' head outputs, so a
+    classifier output that is one class alone lands exactly on that class's prototype."""
+    bb = MiniBackbone(image_bridge="conse", conse_space="head", conse_top_k=3, head="mlp").eval()
+    names, protos = bb.image_class_prototypes()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 1000, generator=g)
+    logits[0] = -1e4
+    logits[0, 207] = 1e4  # certain: class 207 alone
+    with torch.no_grad():
+        out = bb._bridge_logits(logits)
+        values, idx = bb.image_head.weights(logits)
+        expected = torch.einsum("bk,bkd->bd", values, protos[idx])
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out[0], protos[207], atol=1e-5)
+    # simulated photos of a class go through the same bridge, seeded
+    a = bb.class_photo_features(torch.tensor([207, 3]), torch.Generator().manual_seed(1))
+    b = bb.class_photo_features(torch.tensor([207, 3]), torch.Generator().manual_seed(1))
+    assert a.shape == (2, bb.embed_dim) and torch.equal(a, b)
+    assert bb.class_names()[207][0] == names[207].split(", ")[0]
+    with pytest.raises(InputError, match="class indices"):
+        bb.class_photo_features(torch.tensor([1000]))
+    assert MiniBackbone().class_names() is None
+
+
+def test_simulated_class_photos_look_like_the_classifier_on_a_photo():
+    """The simulated logits put the class first most of the time, at a confidence real photos have."""
+    bb = MiniBackbone(image_bridge="conse").eval()
+    captured = {}
+    real = bb.image_head.forward
+
+    def spy(logits):
+        captured["logits"] = logits
+        return real(logits)
+
+    bb.image_head.forward = spy
+    classes = torch.arange(0, 1000, 5)
+    bb.class_photo_features(classes, torch.Generator().manual_seed(0))
+    p = captured["logits"].softmax(-1)
+    assert (p.argmax(-1) == classes).float().mean() > 0.9
+    assert 0.2 < p.max(-1).values.mean() < 0.7
+
+
 @pytest.mark.parametrize("cfg", [{"image_bridge": "clip"}, {"image_bridge": "conse", "conse_top_k": 0},
+                                 {"image_bridge": "conse", "conse_space": "pixels"},
                                  {"image_bridge": "conse", "conse_temperature": float("nan")},
                                  {"image_bridge": "conse", "unfreeze_image_blocks": 1}])
 def test_conse_bad_config_rejected(cfg):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from hysac import lorentz as L
+from hysac import safety
 from hysac import metrics as M
 from hysac.errors import InputError
 from hysac.evaluation import (EuclideanSpace, HyperbolicSpace, PairedEmbeddings, classification_metrics,
@@ -146,6 +147,42 @@ def test_retrieval_matches_brute_force_and_traversal(model):
     # seek-unsafe pushes safe-ish queries out, never in
     out = sp.seek_unsafe(Ts, "image")
     assert (L.dist0(out, c) >= L.dist0(Ts, c) - 1e-5).all()
+
+
+def test_table2_paper_rows_follow_the_official_rule(model):
+    """Paper rows (recalls.py): unsafe image → texts pulls the query *in* to τ(U.up_95) (the geodesic
+    seek-unsafe column pushes it out and, for images already far out, moves nothing); unsafe text → images
+    pushes out to τ(G.up_95); both in the official output form τ·x/‖x‖."""
+    torch.manual_seed(4)
+    c = model.curvature
+    m, k, d = 20, 12, model.embed_dim
+    T, I = L.exp_map0(torch.randn(m, d) * 0.1, c), L.exp_map0(torch.randn(m, d) * 0.1, c)
+    Ts, Is = L.set_dist0(torch.randn(k, d), 0.3, c), L.set_dist0(torch.randn(k, d), 3.0, c)
+    b = Bounds.from_dict({"S": {"up_95": 0.2, "low_05": 0.05, "avg": 0.1},
+                          "V": {"up_95": 0.2, "low_05": 0.05, "avg": 0.1},
+                          "U": {"up_95": 0.9, "low_05": 0.5, "avg": 1.0},
+                          "G": {"up_95": 0.9, "low_05": 0.5, "avg": 1.0}})
+    model.traversal = {"rule": "bound", "margin": 0.0}
+    sp = _Space(model, b)
+    pe = PairedEmbeddings(T, I, Ts, Is, np.arange(k) % m, None)
+    res = retrieval_protocol(sp, pe, ks=(1, 5))
+    cols = res["columns"]
+    tau_u = safety.official_tau(0.9, c, 0.8)
+    tau_g = safety.official_tau(0.9, c, 0.8)
+    assert L.dist0(Is, c).min() > tau_u > L.dist0(Ts, c).max()
+    # geodesic seek-unsafe never moves these unsafe images (already beyond G.avg); the paper rule pulls all in
+    assert cols["I*→T*∪T"]["traversal"]["moved_%"] == 0.0
+    assert cols["I*→T*∪T"]["paper"]["moved_%"] == 100.0
+    q = Is * (tau_u / Is.norm(dim=1, keepdim=True))  # τ·x/‖x‖
+    g = torch.cat([Ts, T])
+    s_ = (-L.pairwise_dist(q, g, c)).double().numpy()
+    mask = np.zeros_like(s_, bool)
+    mask[np.arange(k), np.arange(k)] = True
+    assert cols["I*→T*∪T"]["paper"]["R@1"] == pytest.approx(100 * np.mean(_brute_ranks(s_, mask) <= 1))
+    # unsafe texts are pushed out to τ(G.up_95)
+    assert cols["T*→I*∪I"]["paper"]["moved_%"] == 100.0
+    moved = sp.paper_traverse(Ts, "image", True)
+    assert torch.allclose(moved.norm(dim=1), torch.full((k,), tau_g), atol=1e-4)
 
 
 def test_retrieval_is_vectorized_fast(model):

@@ -369,3 +369,20 @@ def test_multilabel_auroc_and_macro():
         M.macro_auroc(p, np.zeros((n, c), bool))
     with pytest.raises(InputError):
         M.multilabel_auroc(p, y, ["a", "b"])
+
+
+def test_official_recall_sum_is_six_paired_terms_not_the_union_gallery():
+    """Hand-made quadruplets: each U_i points at V_{i-1}, so the official U→V / V→U terms are 0 while the
+    safe pairings are perfect; the sum is exactly the six paired terms."""
+    import torch
+
+    from hysac.metrics import official_recall_sum
+
+    e = torch.eye(3)
+    pts = {"S": e, "V": e, "G": e * 0.9 + 0.01, "U": torch.roll(e, 1, dims=0)}
+    total, terms = official_recall_sum(pts, lambda a, b: a @ b.T)
+    assert terms["S→V"] == terms["V→S"] == terms["S→G"] == terms["G→S"] == 100.0
+    assert terms["U→V"] == 0.0 and terms["V→U"] == 0.0
+    assert total == 400.0 and len(terms) == 6
+    with pytest.raises(Exception, match="same number of rows"):
+        official_recall_sum({**pts, "U": e[:2]}, lambda a, b: a @ b.T)

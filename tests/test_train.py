@@ -196,6 +196,11 @@ def test_paper_clip_config_trains_on_visu_layout(tmp_path, clip_folder):
     res = run_training(cfg)
     assert res["global_step"] == 2 and res["objective"] == "hysac"
     assert "recall_sum" in res["val"] and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    # model selection uses the official six paired terms; the union-gallery figure keeps its own name
+    terms = res["val"]["recall_terms"]
+    assert list(terms) == ["S→V", "V→S", "S→G", "G→S", "U→V", "V→U"]
+    assert res["val"]["recall_sum"] == pytest.approx(sum(terms.values()))
+    assert "recall_sum_union" in res["val"]
 
 
 def test_loader_workers_decode_training_images_in_processes_with_the_same_losses(tmp_path, clip_folder):
@@ -216,3 +221,24 @@ def test_loader_workers_decode_training_images_in_processes_with_the_same_losses
     assert pool == pytest.approx(here, rel=1e-4)
     with pytest.raises(InputError, match="loader_workers"):
         load_config(None, ["perf.loader_workers=-1"])
+
+
+def test_class_photo_term_on_the_mini_conse_backbone(tmp_path):
+    """The "a photo of a <object>" ↔ simulated-photo term: logged, it trains the shared head, class-photo
+    retrieval is reported, and the image threshold is fitted on the everyday classes; resume stays exact."""
+    cfg = load_config(None, [f"out_dir={tmp_path / 'm'}", "data.max_per_source=12", "data.openmoji_size=28",
+                             f"data.cache_dir={tmp_path / 'cache'}", f"data.emoji_codepoints={json.dumps(EMOJI)}",
+                             "optim.epochs=1", "optim.warmup_steps=1", "name=tiny-mini", "loss.class_photos=1.0",
+                             "loss.class_photos_batch=16", "threshold_criterion_image=source_fpr@0.05"])
+    cfg["backbone"] = {"kind": "mini", "embed_dim": 32, "head": "mlp", "head_hidden": 32, "image_bridge": "conse",
+                       "conse_space": "head", "text_lora": {"r": 2, "alpha": 4, "dropout": 0.0, "layers": 1}}
+    cfg["data"]["corpus"] = {}
+    cfg["data"]["batch"] = {"unsafe_text": 6, "safe_text": 6, "safe_image": 4, "unsafe_image": 2}
+    res = run_training(cfg)
+    log = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert steps and all(r["class_photos"] > 0 for r in steps)
+    val = res["val"]
+    assert 0 <= val["class_photo_R@1"] <= val["class_photo_R@5"] <= 100
+    m = HySAC.from_pretrained(tmp_path / "m" / "model")
+    assert m.backbone.config()["conse_space"] == "head" and "image" in m.bounds.thresholds

@@ -822,3 +822,26 @@ def macro_auroc(probs: Any, multihot: Any) -> float:
     if np.isnan(values).all():
         raise InputError("macro_auroc: no label column has both positive and negative items")
     return float(np.nanmean(values))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the official model-selection figure
+# ----------------------------------------------------------------------------------------------------------------
+#: the six paired R@1 terms of the official ``recall_sum``: (query class, gallery class); U↔G is not among them
+OFFICIAL_RECALL_TERMS = (("S", "V"), ("V", "S"), ("S", "G"), ("G", "S"), ("U", "V"), ("V", "U"))
+
+
+def official_recall_sum(points: dict[str, Tensor], score_fn: Callable[[Tensor, Tensor], Tensor]
+                        ) -> tuple[float, dict[str, float]]:
+    """HySAC's model-selection figure on ``n`` quadruplets: the sum of R@1 (in %) of S→V, V→S, S→G, G→S, U→V
+    and V→U, each ranking the ``n`` items of the gallery class with query ``i``'s positive = item ``i`` (the
+    paired set only, no union gallery). ``points``: ``{"S","V","U","G"}`` → (n, D); ``score_fn(q, g)`` (higher =
+    closer), e.g. negative geodesic distance. Returns ``(sum, {"S→V": R@1, ...})``."""
+    n = {k: v.shape[0] for k, v in points.items()}
+    if len(set(n.values())) != 1:
+        raise InputError(f"official_recall_sum: the four classes need the same number of rows, got {n}")
+    terms = {}
+    pos = torch.arange(next(iter(n.values())))
+    for q, g in OFFICIAL_RECALL_TERMS:
+        terms[f"{q}→{g}"] = recall_at_k(score_fn(points[q], points[g]), pos, ks=(1,))[1]
+    return float(sum(terms.values())), terms

@@ -211,3 +211,27 @@ class SafetyPolicy:
         before = S.safety_score(x_hyp, c)
         moved = before > radius if mode.direction == "in" else before < radius
         return Moved(points=y, moved=moved.cpu(), radius=float(radius), direction=mode.direction)
+
+    def paper_move(self, x_hyp: Tensor, target: str, *, seek: bool = False) -> Moved:
+        """The official evaluation code's traversal for Tables 1 and 2 (``recalls.py``), kept apart from the
+        modes so that paper-protocol rows can be reported next to geodesic ones: radius
+        ``τ = official_tau(bound, c, α=0.8)`` and the official output ``τ·x/‖x‖``.
+
+        * ``seek=False`` (Table 1): pull in to τ of the target's safe class ``up_95`` (V for images, S for texts);
+        * ``seek=True`` (Table 2): image target → push *out* to τ of ``G.up_95`` (``recall_U2GandV``);
+          text target → pull *in* to τ of ``U.up_95`` (``recall_G2UandS``)."""
+        target = check_modality(target, "target")
+        b = self.bounds()
+        if not seek:
+            cls, direction = S.SAFE_CLASS[target], "in"  # type: ignore[index]
+        elif target == "image":
+            cls, direction = "G", "out"
+        else:
+            cls, direction = "U", "in"
+        if cls not in b.classes:
+            raise InputError(f"no paper traversal radius for {target}: the model's bounds lack class {cls}")
+        tau = S.official_tau(b[cls].up_95, self.model.curvature, 0.8)
+        y = S.traverse(x_hyp, self.model.curvature, tau, direction=direction, mode="paper")  # type: ignore[arg-type]
+        d0 = S.safety_score(x_hyp, self.model.curvature)
+        moved = d0 > tau if direction == "in" else d0 < tau
+        return Moved(points=y, moved=moved.cpu(), radius=float(tau), direction=direction)  # type: ignore[arg-type]

@@ -72,6 +72,7 @@ IMAGE_STD = (PIXEL_STD_255 / 255.0,) * 3
 
 HEAD_TYPES = ("linear", "mlp")
 IMAGE_BRIDGES = ("none", "conse")
+CONSE_SPACES = ("text", "head")
 #: simulated photos of a class (:meth:`MiniBackbone.class_photo_features`): logit scale range and noise, chosen so
 #: the simulated classifier outputs look like those of real photos (top-1 probability 0.42 on average, top-10 mass
 #: 0.48; the calibration photos give 0.24 / 0.49, many of them abstract wallpapers) and the argmax is the class 97%
@@ -100,6 +101,7 @@ _DEFAULTS: dict[str, Any] = {
     "image_bridge": "none",
     "conse_top_k": 10,
     "conse_temperature": 1.0,
+    "conse_space": "text",
     "conse_train_head": True,
     "head_anchor": False,
     "text_lora": None,
@@ -308,6 +310,10 @@ class MiniBackbone(Backbone):
         image_bridge: ``"none"`` (a learned image head on the 1280-d features) or ``"conse"`` (images enter through
             the ImageNet classifier, the class names' text features and the *text* head; see :class:`ConseBridge`).
         conse_top_k / conse_temperature: the ConSE combination (top-k classes, softmax temperature).
+        conse_space: where the classes' combination is taken: ``"text"`` (of the class names' text-tower features,
+            then the text head) or ``"head"`` (of the class names' *head outputs*, as ConSE combines the final
+            semantic embeddings: a photo the classifier is sure of lands exactly on its class prompt, an uncertain
+            one on the probability-weighted mean of its candidates' prompts).
         text_lora: LoRA adapters (peft) on the top ``layers`` transformer layers of the text tower, e.g.
             ``{"r": 8, "alpha": 16, "dropout": 0.1, "layers": 2}`` (query/key/value and the dense projections);
             ``None`` = frozen tower. :meth:`merge_lora` folds them into the weights for the fast engines.
@@ -338,6 +344,7 @@ class MiniBackbone(Backbone):
         image_bridge: str = _DEFAULTS["image_bridge"],
         conse_top_k: int = _DEFAULTS["conse_top_k"],
         conse_temperature: float = _DEFAULTS["conse_temperature"],
+        conse_space: str = _DEFAULTS["conse_space"],
         conse_train_head: bool = _DEFAULTS["conse_train_head"],
         head_anchor: bool = _DEFAULTS["head_anchor"],
         text_lora: Mapping[str, Any] | None = _DEFAULTS["text_lora"],
@@ -378,6 +385,8 @@ class MiniBackbone(Backbone):
             raise InputError("mini backbone: use text_lora or unfreeze_text_layers, not both")
         if not isinstance(head_anchor, (bool, np.bool_)):
             raise InputError(f"mini backbone: head_anchor must be true or false, got {head_anchor!r}")
+        if conse_space not in CONSE_SPACES:
+            raise InputError(f"mini backbone: conse_space must be one of {CONSE_SPACES}, got {conse_space!r}")
         if image_bridge == "conse" and unfreeze_image_blocks:
             raise InputError("mini backbone: image_bridge='conse' reads the frozen ImageNet classifier; "
                              "unfreeze_image_blocks must be 0")
@@ -393,6 +402,7 @@ class MiniBackbone(Backbone):
         self.image_bridge = image_bridge
         self.conse_top_k = conse_top_k
         self.conse_temperature = conse_temperature
+        self.conse_space = conse_space
         self.conse_train_head = bool(conse_train_head)
         self.head_anchor = bool(head_anchor)
         self.text_lora = text_lora
@@ -439,6 +449,7 @@ class MiniBackbone(Backbone):
             "image_bridge": self.image_bridge,
             "conse_top_k": self.conse_top_k,
             "conse_temperature": self.conse_temperature,
+            "conse_space": self.conse_space,
             "conse_train_head": self.conse_train_head,
             "head_anchor": self.head_anchor,
             "text_lora": dict(self.text_lora) if self.text_lora else None,
@@ -713,12 +724,21 @@ class MiniBackbone(Backbone):
         feats = _check_feats("image", feats, IMAGE_BASE_DIM, self.device)
         if self.image_bridge != "conse":
             return self.image_head(feats)
-        bridged = self._conse(feats)
-        if self.conse_train_head:
-            return self.text_head(bridged)
-        # the image losses do not move the shared text head (experiment knob, see the class docstring)
-        with torch.no_grad():
-            return self.text_head(bridged)
+        return self._bridge_logits(self.imagenet_logits(feats))
+
+    def _bridge_logits(self, logits: Tensor) -> Tensor:
+        """(B,1000) classifier logits → (B,embed_dim) through the ConSE bridge, in ``conse_space``."""
+        self._ensure_class_text()
+        grad = self.conse_train_head and torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad):
+            if self.conse_space == "text":
+                with torch.no_grad():
+                    bridged = self.image_head(logits)
+                return self.text_head(bridged)
+            values, idx = self.image_head.weights(logits)
+            uniq, inv = torch.unique(idx, return_inverse=True)
+            protos = self.text_head(self.image_head.class_text.float()[uniq])  # (U, embed_dim)
+            return torch.einsum("bk,bkd->bd", values.to(protos.dtype), protos[inv])
 
     def image_text_features(self, feats: Tensor) -> Tensor:
         """With ``image_bridge="conse"``: (B,1280) base image features → (B,384) the ConSE point in the text
@@ -757,18 +777,14 @@ class MiniBackbone(Backbone):
         classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
         if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= NUM_IMAGENET_CLASSES):
             raise InputError(f"mini backbone: class indices must be in [0, {NUM_IMAGENET_CLASSES})")
-        self._ensure_class_text()
         with torch.no_grad():
             w = nn.functional.normalize(self.image_model._fc.weight.float(), dim=-1)
             cos = w[classes.to(w.device)] @ w.T
             lo, hi = CLASS_PHOTO_CONFIDENCE
             scale = torch.rand(len(classes), 1, generator=generator) * (hi - lo) + lo
             noise = torch.randn(cos.shape, generator=generator) * CLASS_PHOTO_NOISE
-            bridged = self.image_head(scale.to(cos.device) * cos + noise.to(cos.device))
-        if self.conse_train_head:
-            return self.text_head(bridged)
-        with torch.no_grad():
-            return self.text_head(bridged)
+            logits = scale.to(cos.device) * cos + noise.to(cos.device)
+        return self._bridge_logits(logits)
 
     def imagenet_logits(self, feats: Tensor) -> Tensor:
         """(B,1280) base image features → (B,1000) logits of the frozen EfficientNet-Lite0 ImageNet classifier."""

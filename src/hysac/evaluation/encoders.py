@@ -378,6 +378,10 @@ class HyperbolicSpace(Space):
         """What ``search --mode seek-unsafe`` searches a ``target`` gallery with."""
         return self.model.policy.move(x, "seek-unsafe", target).points
 
+    def paper_traverse(self, x: Tensor, target: Modality, seek: bool) -> Tensor:
+        """The official evaluation code's traversal (:meth:`SafetyPolicy.paper_move`), for paper-mode rows."""
+        return self.model.policy.paper_move(x, target, seek=seek).points
+
     def categorize(self, x: Tensor) -> Tensor | None:
         return self.model.categorize(x)
 

@@ -71,6 +71,9 @@ def _retrieval_section(name: str, ret: dict, lines: list[str]) -> None:
             if res.get("traversal"):
                 rows.append([f"{model} + {trav}"] + [_retrieval_cell((c.get(col) or {}).get("traversal"), ks)
                                                      for col in cols])
+                if any((c.get(col) or {}).get("paper") for col in cols):  # the official code's traversal
+                    rows.append([f"{model} + paper traversal"]
+                                + [_retrieval_cell((c.get(col) or {}).get("paper"), ks) for col in cols])
         lines += _table(["Model"] + list(cols), rows)
     for model, res in ret.items():
         if res.get("traversal_skipped"):
@@ -81,8 +84,10 @@ def _retrieval_section(name: str, ret: dict, lines: list[str]) -> None:
     mixed = ("T*→I∪I*", "I*→T∪T*", "T*→I*∪I", "I*→T*∪T")
     for model, res in ret.items():
         c = res["columns"]
-        for variant, label in (("plain", model), ("traversal", None)):
-            if variant == "traversal" and not res.get("traversal"):
+        for variant, label in (("plain", model), ("traversal", None), ("paper", f"{model} + paper traversal")):
+            if variant != "plain" and not res.get("traversal"):
+                continue
+            if variant == "paper" and not any((c.get(col) or {}).get("paper") for col in mixed):
                 continue
             lab = label or f"{model} + traversal (redirect for T*→I∪I*/I*→T∪T*, seek-unsafe for the others)"
             rows.append([lab] + [_f(((c.get(col) or {}).get(variant) or {}).get("safe@1")) for col in mixed])

@@ -53,6 +53,7 @@ class EvalSet:
     pair_image: np.ndarray  # image index (same position)
     pair_unsafe: np.ndarray  # bool per pair
     image_source: np.ndarray | None = None  # str per image ("openmoji", "clipart", "skimage", "wallpapers")
+    quads: np.ndarray | None = None  # (n, 4) text/image pool indices (S, V, U, G) of ViSU quadruplets
 
 
 @dataclass
@@ -273,7 +274,8 @@ def build_visu(cfg: dict) -> TrainData:
         lab = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
         mh = np.concatenate([np.zeros_like(cats), cats])
         return EvalSet(t_idx, lab, mh, np.array(["visu_safe"] * n + ["visu_nsfw"] * n), np.zeros(2 * n, bool),
-                       i_idx, lab.copy(), mh.copy(), t_idx.copy(), i_idx.copy(), lab.astype(bool))
+                       i_idx, lab.copy(), mh.copy(), t_idx.copy(), i_idx.copy(), lab.astype(bool),
+                       quads=np.asarray(rows, np.int64))
 
     tr_rows, tr_cats = sets["train"]
     fams = {"quad": Family(tr_rows, tr_cats, tr_cats.copy())}

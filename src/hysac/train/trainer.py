@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..images import load_image
 from ..losses import HySACLoss, category_loss, class_order_loss, lorentz_contrastive, safeclip_loss
 from ..model import HySAC
+from ..policy import over_threshold
 from ..safety import CATEGORIES, fit_bounds
 from .config import dump_config
 from .data import TrainData, build_offline, build_visu, step_rows, steps_per_epoch
@@ -709,7 +710,19 @@ class Trainer:
             r_i2t = M.recall_at_k(sim.T, pos, ks=(1, 5, 10))
             res.update({f"t2i_R@{k}": v for k, v in r_t2i.items()})
             res.update({f"i2t_R@{k}": v for k, v in r_i2t.items()})
-            res["recall_sum"] = r_t2i[1] + r_i2t[1]
+            # every caption against every paired image (for ViSU: safe and unsafe together, a 2n × 2n gallery)
+            res["recall_sum_union"] = r_t2i[1] + r_i2t[1]
+            res["recall_sum"] = res["recall_sum_union"]
+        if es.quads is not None and len(es.quads) > 1:
+            # ViSU: the official figure, six paired R@1 terms (S↔V, S↔G, U↔V) over the n quadruplets
+            q = es.quads
+            pts = {"S": enc(self.feat.text, q[:, 0], self.model.lift_text),
+                   "V": enc(self.feat.image, q[:, 1], self.model.lift_image),
+                   "U": enc(self.feat.text, q[:, 2], self.model.lift_text),
+                   "G": enc(self.feat.image, q[:, 3], self.model.lift_image)}
+            score = (lambda a, b: a @ b.T) if euclid else (lambda a, b: -L.pairwise_dist(a, b, c))
+            res["recall_sum"], terms = M.official_recall_sum(pts, score)
+            res["recall_terms"] = terms
         if euclid:
             return res
         ts, ims = L.dist0(t, c).numpy(), L.dist0(im, c).numpy()
@@ -775,21 +788,35 @@ class Trainer:
             x = self.model.lift_image(protos[1].float()).cpu()
         return L.dist0(x, self.model.curvature).numpy()
 
-    def _image_source_threshold(self, rate: float) -> float:
+    def _image_source_threshold(self, rate: float, text_threshold: float | None = None) -> float:
         """The lowest image threshold at which, on the validation split, at most ``rate`` of the safe images of
-        every image source (emoji, clip art, photos) and of the object-class prototypes are flagged."""
+        every image source (emoji, clip art, photos), of the object-class prototypes and of simulated photos of
+        the object classes are flagged. With ``text_threshold``, classes whose own name ("a photo of a
+        revolver") the text side flags are left out of the two class groups: they are not everyday objects."""
         es = self.data.val
         scores = self._image_scores("val")
         safe = es.image_label == 0
         src = es.image_source if es.image_source is not None else np.array(["images"] * len(scores))
         groups = [(scores[safe & (src == s)], rate) for s in np.unique(src[safe])]
+        everyday = self._everyday_classes(text_threshold)
         protos = self._prototype_scores()
         if protos is not None:
-            groups.append((protos, rate))
+            groups.append((protos if everyday is None else protos[everyday], rate))
         photos = self._class_photo_scores()
         if photos is not None:
+            if everyday is not None:
+                photos = photos.reshape(-1, len(everyday))[:, everyday].reshape(-1)
             groups.append((photos, rate))
         return _worst_quantile(groups)
+
+    @torch.no_grad()
+    def _everyday_classes(self, text_threshold: float | None) -> np.ndarray | None:
+        """(K,) bool: the object classes whose "a photo of a <name>" prompt scores at most ``text_threshold``."""
+        if text_threshold is None or not self.prompts:
+            return None
+        self.model.eval()
+        q = self.model.lift_text(self.feat.text(torch.as_tensor(self.prompt_eval), pool="prompts").float()).cpu()
+        return ~over_threshold(L.dist0(q, self.model.curvature).numpy(), float(text_threshold))
 
     @torch.no_grad()
     def _class_photo_scores(self, per_class: int = 3) -> np.ndarray | None:
@@ -960,7 +987,8 @@ class Trainer:
                 thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
             icrit = str(self.cfg.get("threshold_criterion_image") or crit)
             if icrit.startswith("source_fpr@"):
-                thresholds["image"] = self._image_source_threshold(float(icrit.split("@", 1)[1]))
+                thresholds["image"] = self._image_source_threshold(float(icrit.split("@", 1)[1]),
+                                                                   thresholds.get("text"))
             elif "V" in dists and "G" in dists:
                 iscores = np.concatenate([dists["V"], dists["G"]])
                 ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
