@@ -229,7 +229,7 @@ def test_class_photo_term_on_the_mini_conse_backbone(tmp_path):
     cfg = load_config(None, [f"out_dir={tmp_path / 'm'}", "data.max_per_source=12", "data.openmoji_size=28",
                              f"data.cache_dir={tmp_path / 'cache'}", f"data.emoji_codepoints={json.dumps(EMOJI)}",
                              "optim.epochs=1", "optim.warmup_steps=1", "name=tiny-mini", "loss.class_photos=1.0",
-                             "loss.class_photos_batch=16", "threshold_criterion_image=source_fpr@0.05"])
+                             "loss.class_photos_batch=16", "threshold_criterion_image=source_fpr@0.05+classes"])
     cfg["backbone"] = {"kind": "mini", "embed_dim": 32, "head": "mlp", "head_hidden": 32, "image_bridge": "conse",
                        "conse_space": "head", "text_lora": {"r": 2, "alpha": 4, "dropout": 0.0, "layers": 1}}
     cfg["data"]["corpus"] = {}
@@ -242,3 +242,23 @@ def test_class_photo_term_on_the_mini_conse_backbone(tmp_path):
     assert 0 <= val["class_photo_R@1"] <= val["class_photo_R@5"] <= 100
     m = HySAC.from_pretrained(tmp_path / "m" / "model")
     assert m.backbone.config()["conse_space"] == "head" and "image" in m.bounds.thresholds
+
+
+def test_parity_config_has_the_official_settings_and_the_modern_one_says_what_differs():
+    """The official training code's settings (spec §4.3), next to the clearly labelled modern recipe."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    par = load_config(root / "hysac-clip-vit-l-14-parity.yaml", [])
+    o = par["optim"]
+    assert (o["lr"], o["weight_decay"], tuple(o["betas"]), o["eps"]) == (1e-4, 0.2, (0.9, 0.98), 1e-8)
+    assert o["warmup_steps"] == 0 and o["schedule"] == "constant" and not o["clip_grad"] and o["epochs"] == 50
+    assert par["amp"] == "off" and par["perf"]["attention"] == "eager" and par["perf"]["compile"] is False
+    assert par["data"]["batch"]["quad"] == 32 and par["seed"] == 42 and par["patience"] == 5
+    assert par["loss"]["scale"] == pytest.approx(1 / 7, rel=1e-5) and par["loss"]["gather_negatives"] is False
+    assert par["select_metric"] == "recall_sum" and par["model"]["traversal"]["rule"] == "official"
+    assert par["model"]["traversal"]["alpha"] == 0.8
+    modern = (root / "hysac-clip-vit-l-14.yaml").read_text()
+    assert "MODERN" in modern and "hysac-clip-vit-l-14-parity.yaml" in modern
+    with pytest.raises(InputError, match="optim.schedule"):
+        load_config(None, ["optim.schedule=linear"])

@@ -330,8 +330,10 @@ def weighted_mean(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> 
     """``Σ λ_i L_i / Σ λ_i`` over the terms present in ``terms`` with ``λ_i > 0`` (missing weights count as 0).
 
     This is the **single** normalisation of our objectives. The official HySAC code divides by ``Σλ`` and then
-    again by the number of terms (7), i.e. its loss is ours / 7 with all terms active — a constant factor that Adam
-    almost ignores but that interacts with weight decay/eps. Raises ``InputError`` when no term has positive weight.
+    again by the number of terms (7), i.e. its loss is ours / 7 with all terms active. Adam(W) is invariant to such
+    a constant factor except through ``eps`` (AdamW's decoupled weight decay never sees the loss scale), but a
+    gradient-clipping threshold does scale with it; ``loss.scale: 0.142857`` in a training config reproduces the
+    official magnitude. Raises ``InputError`` when no term has positive weight.
     """
     num, den = None, 0.0
     for name, value in terms.items():

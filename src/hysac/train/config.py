@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
         "category_unsafe_only": True,  # train the category head on unsafe rows only
         # weight of "a photo of a <object>" ↔ simulated photo of that object contrastive term (backbones with
         # object classes; see Backbone.class_photo_features), and its classes per step
+        "scale": 1.0,  # factor on the whole loss (the official code's is 1/7 of ours: it divides by the term count)
+        "gather_negatives": True,  # several processes: the others' rows join the contrastive terms as negatives
         "class_photos": 0.0,
         "class_photos_batch": 64,
         "safeclip": {},  # SafeCLIPLossWeights overrides
@@ -62,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "optim": {
         "lr": 1e-3, "weight_decay": 0.2, "betas": [0.9, 0.98], "eps": 1e-8,
         "warmup_steps": 50, "epochs": 20, "grad_accum": 1, "clip_grad": 1.0,
+        "schedule": "cosine",  # "cosine" (linear warm-up, then cosine decay) or "constant" (the official code's)
     },
     "amp": "auto",  # "auto" (bf16 on GPU), "bf16", "off"
     # speed knobs of the training step (see hysac.train.trainer.apply_perf); the geometry always stays fp32
@@ -152,6 +155,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = apply_overrides(cfg, overrides or [])
     if cfg["objective"] not in ("hysac", "safeclip"):
         raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
+    if cfg["optim"].get("schedule", "cosine") not in ("cosine", "constant"):
+        raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {cfg['optim'].get('schedule')!r}")
+    if not isinstance(cfg["loss"].get("gather_negatives", True), bool):
+        raise InputError("loss.gather_negatives must be true or false")
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

@@ -377,9 +377,15 @@ class Trainer:
         self.total_steps = max(1, (self.steps_per_epoch // self.accum) * int(cfg["optim"]["epochs"]))
         warm = int(cfg["optim"].get("warmup_steps", 0))
 
+        schedule = str(cfg["optim"].get("schedule", "cosine"))
+        if schedule not in ("cosine", "constant"):
+            raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {schedule!r}")
+
         def lr_lambda(step: int) -> float:
             if step < warm:
                 return (step + 1) / max(1, warm)
+            if schedule == "constant":
+                return 1.0
             prog = min(1.0, (step - warm) / max(1, self.total_steps - warm))
             return 0.5 * (1 + math.cos(math.pi * prog))
 
@@ -524,7 +530,7 @@ class Trainer:
         hyp = {k: (self.model.lift_text if k in ("T", "Ts") else self.model.lift_image)(v) for k, v in feats.items()}
         b = {**hyp, **masks}
         extra = None
-        if self.world > 1:
+        if self.world > 1 and cfg_l.get("gather_negatives", True):
             extra = {}
             for k in ("T", "I", "Ts", "Is"):
                 g = _gather_negatives(hyp[k], masks[f"has_{k}"], self.world)
@@ -564,7 +570,7 @@ class Trainer:
                 cl = category_loss(torch.cat(logits), torch.cat(targets))
                 logs["category"] = float(cl.detach())
                 parts.append(w_cat * cl)
-        return sum(parts), logs
+        return float(cfg_l.get("scale", 1.0)) * sum(parts), logs
 
     def _class_photo_loss(self, n: int) -> Tensor:
         """Hyperbolic InfoNCE between ``n`` random object classes' prompts (one random template / synonym each) and
@@ -788,21 +794,23 @@ class Trainer:
             x = self.model.lift_image(protos[1].float()).cpu()
         return L.dist0(x, self.model.curvature).numpy()
 
-    def _image_source_threshold(self, rate: float, text_threshold: float | None = None) -> float:
+    def _image_source_threshold(self, rate: float, text_threshold: float | None = None,
+                                classes: bool = False) -> float:
         """The lowest image threshold at which, on the validation split, at most ``rate`` of the safe images of
-        every image source (emoji, clip art, photos), of the object-class prototypes and of simulated photos of
-        the object classes are flagged. With ``text_threshold``, classes whose own name ("a photo of a
-        revolver") the text side flags are left out of the two class groups: they are not everyday objects."""
+        every image source (emoji, clip art, photos) and of the object-class prototypes are flagged. With
+        ``classes``, also of simulated photos of the object classes, and classes whose own name ("a photo of a
+        revolver") the text side flags (at ``text_threshold``) are left out of both class groups: they are not
+        everyday objects."""
         es = self.data.val
         scores = self._image_scores("val")
         safe = es.image_label == 0
         src = es.image_source if es.image_source is not None else np.array(["images"] * len(scores))
         groups = [(scores[safe & (src == s)], rate) for s in np.unique(src[safe])]
-        everyday = self._everyday_classes(text_threshold)
+        everyday = self._everyday_classes(text_threshold) if classes else None
         protos = self._prototype_scores()
         if protos is not None:
             groups.append((protos if everyday is None else protos[everyday], rate))
-        photos = self._class_photo_scores()
+        photos = self._class_photo_scores() if classes else None
         if photos is not None:
             if everyday is not None:
                 photos = photos.reshape(-1, len(everyday))[:, everyday].reshape(-1)
@@ -987,8 +995,13 @@ class Trainer:
                 thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
             icrit = str(self.cfg.get("threshold_criterion_image") or crit)
             if icrit.startswith("source_fpr@"):
-                thresholds["image"] = self._image_source_threshold(float(icrit.split("@", 1)[1]),
-                                                                   thresholds.get("text"))
+                # "source_fpr@0.01+classes": also simulated photos of every everyday object class
+                rate, _, extra = icrit.split("@", 1)[1].partition("+")
+                if extra not in ("", "classes"):
+                    raise InputError(f"threshold_criterion_image: unknown group {extra!r} (use source_fpr@R or "
+                                     "source_fpr@R+classes)")
+                thresholds["image"] = self._image_source_threshold(float(rate), thresholds.get("text"),
+                                                                   classes=extra == "classes")
             elif "V" in dists and "G" in dists:
                 iscores = np.concatenate([dists["V"], dists["G"]])
                 ilab = np.concatenate([np.zeros(len(dists["V"])), np.ones(len(dists["G"]))])
