@@ -31,6 +31,7 @@ def optimize(model, device: str | torch.device | None = None, **options):
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InputError(f"invalid device {device!r}: {e}") from None
+    getattr(model, "model_id", None)  # fix the weights' identity before any LoRA merge or cast changes them
     if dev.type == "cpu":
         if model.device.type != "cpu":
             model.to("cpu")
