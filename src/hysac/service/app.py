@@ -23,6 +23,7 @@ requests the service answers 503 (busy) instead of piling up work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -889,11 +890,12 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         """One indexed item (text or image path, safety score, categories, metadata)."""
         return JSONResponse(_clean(await run_in_threadpool(lookup, item_id)))
 
-    def source_roots() -> list[str]:
+    @functools.cache
+    def source_roots() -> tuple[str, ...]:
         """Resolved folders image items may be served from: the image folders and the folders of the tables the
         index was built from (as recorded at build time)."""
         if db_path is None:
-            return []
+            return ()
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
         try:
             rows = conn.execute("SELECT path, kind FROM sources").fetchall()
@@ -903,7 +905,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         for path, kind in rows:
             p = os.path.realpath(path)
             roots.append(p if kind == "folder" else os.path.dirname(p))
-        return roots
+        return tuple(roots)
 
     def servable_image(stored: str) -> Path | None:
         """The stored image path if it is still a regular image file that resolves under a source root, else
@@ -911,18 +913,11 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         if Path(stored).suffix.lower() not in IMAGE_EXTENSIONS:
             return None
         real = os.path.realpath(stored)
-        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots_cache()):
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in source_roots()):
             return None
         if Path(real).suffix.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(real):
             return None
         return Path(real)
-
-    _roots: list[list[str]] = []
-
-    def roots_cache() -> list[str]:
-        if not _roots:
-            _roots.append(source_roots())
-        return _roots[0]
 
     @app.get("/items/{item_id}/image", tags=["search"], response_class=FileResponse,
              responses={404: {"model": ErrorResponse}})
