@@ -212,7 +212,7 @@
       // labels below the axis (results are drawn mostly above it), spread in angle so close rings stay legible
       const a = (105 + 32 * i) * Math.PI / 180;
       const lab = svg("text", { class: "ring-label " + kind, x: g.radius * Math.cos(a), y: g.radius * Math.sin(a),
-                                "text-anchor": "middle", style: `font-size:${0.042 * u}px` });
+                                "text-anchor": "middle", "font-size": 0.042 * u });
       lab.textContent = g.label;
       root.append(lab);
     });
@@ -220,7 +220,7 @@
     for (const q of pts.filter((q) => q.role === "result")) {
       const cls = "pt-result " + (q.unsafe ? "unsafe" : "safe") + (q.near_after ? "" : " before-only");
       const c = svg("circle", { class: cls, cx: q.x, cy: -q.y, r: 0.022 * u, "data-id": q.id,
-                                style: `stroke-width:${0.008 * u}` });
+                                "stroke-width": 0.008 * u });
       c.append(svg("title", {}, document.createTextNode(
         `#${q.id} ${q.label}\nsafety ${fmt(q.safety_score)} (${q.unsafe ? "unsafe" : "safe"})` +
         (q.near_before ? "\nnear the original query" : "") + (q.near_after ? "\nnear the moved query" : ""))));
@@ -230,17 +230,17 @@
     const qa = pts.find((q) => q.role === "query_after");
     if (qb && qa && tr.moved) {
       root.append(svg("line", { class: "move-arrow", x1: qb.x, y1: -qb.y, x2: qa.x, y2: -qa.y,
-                                style: `stroke-width:${0.008 * u}` }));
+                                "stroke-width": 0.008 * u }));
     }
     if (qb) {
       const c = svg("circle", { class: "pt-query-before", cx: qb.x, cy: -qb.y, r: 0.034 * u,
-                                style: `stroke-width:${0.012 * u}` });
+                                "stroke-width": 0.012 * u });
       c.append(svg("title", {}, document.createTextNode(`query: ${qb.label}\nsafety ${fmt(qb.safety_score)}`)));
       root.append(c);
     }
     if (qa) {
       const c = svg("circle", { class: "pt-query-after", cx: qa.x, cy: -qa.y, r: 0.026 * u,
-                                style: `stroke-width:${0.008 * u}` });
+                                "stroke-width": 0.008 * u });
       c.append(svg("title", {}, document.createTextNode(`query after the move\nsafety ${fmt(qa.safety_score)}`)));
       root.append(c);
     }
