@@ -25,6 +25,38 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 Image.MAX_IMAGE_PIXELS = 178_956_970
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+#: the most elongated image accepted (longer side / shorter side); a 10000x1 strip would otherwise be resized to
+#: 2,240,000x224 before the centre crop throws all but 224x224 of it away
+MAX_ASPECT = 32.0
+#: JPEGs are decoded at the smallest 1/2, 1/4, 1/8 DCT scale that keeps both sides at least this large (twice the
+#: towers' 224 input, so the bicubic resize that follows still averages over several decoded pixels): a 24 Mpx
+#: photo then costs ~1.5 Mpx of memory instead of 24
+DRAFT_SIDE = 448
+
+
+def check_geometry(width: int, height: int, what: str, max_pixels: int | None = None) -> None:
+    """Refuse an image by its header size, before decoding it: empty, more elongated than :data:`MAX_ASPECT`, or
+    over ``max_pixels``. Raises :class:`InputError` naming ``what``."""
+    if width <= 0 or height <= 0:
+        raise InputError(f"{what}: empty image ({width}x{height} pixels)")
+    aspect = max(width, height) / min(width, height)
+    if aspect > MAX_ASPECT:
+        raise InputError(f"{what}: {width}x{height} pixels is too elongated (aspect ratio {aspect:.0f}:1, the "
+                         f"limit is {MAX_ASPECT:.0f}:1)")
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(f"{what}: {width}x{height} pixels is over the limit of {max_pixels} pixels")
+
+
+def open_reduced(im: Image.Image, what: str, max_pixels: int | None = None,
+                 draft_side: int | None = DRAFT_SIDE) -> Image.Image:
+    """An opened (not yet decoded) PIL image → the decoded RGB image, EXIF orientation applied: the size checked
+    first (:func:`check_geometry`), JPEGs decoded at a reduced DCT scale (``draft_side``; ``None``: full size)."""
+    check_geometry(*im.size, what, max_pixels)
+    if draft_side and im.format == "JPEG":
+        im.draft("RGB", (int(draft_side), int(draft_side)))
+    im.load()
+    return to_rgb(ImageOps.exif_transpose(im))
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL image → 8-bit RGB. Alpha (RGBA, LA, PA, P/L with transparency) is composited over white; 16-bit,
@@ -87,9 +119,9 @@ def load_image(src: ImageLike) -> Image.Image:
         raise InputError(f"not an image file (is a directory or special file): {path}")
     try:
         with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            return open_reduced(im, f"image {path}")
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError(f"cannot read image {path}: not a recognised image format") from None
     except Image.DecompressionBombError as e:
@@ -168,13 +200,19 @@ class PixelSpec:
             raise InputError(f"image has an empty size {w}x{h}")
         s = int(self.size)
         nw, nh = (s, max(s, int(s * h / w))) if w <= h else (max(s, int(s * w / h)), s)
-        if (nw, nh) != (w, h):
-            image = image.resize((nw, nh), _RESAMPLE[self.resample])
         ch, cw = self.crop
         if self.crop_offset == "floor":
             left, top = (nw - cw) // 2, (nh - ch) // 2
         else:
             left, top = int(round((nw - cw) / 2.0)), int(round((nh - ch) / 2.0))
+        if nw * nh > 4 * cw * ch and left >= 0 and top >= 0:
+            # an elongated image: resample only the source region that the crop keeps (same sampling grid as
+            # resize-then-crop, so the same pixels up to rounding) instead of a resized image mostly thrown away
+            sx, sy = w / nw, h / nh
+            box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+            return image.resize((cw, ch), _RESAMPLE[self.resample], box=box)
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), _RESAMPLE[self.resample])
         if (left, top, nw, nh) != (0, 0, cw, ch):
             image = image.crop((left, top, left + cw, top + ch))
         return image

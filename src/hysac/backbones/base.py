@@ -138,6 +138,11 @@ class Backbone(nn.Module, ABC):
         photos. Only for backbones whose :meth:`class_names` is not ``None``."""
         raise NotImplementedError(f"{type(self).__name__} has no object classes")
 
+    def refresh_class_features(self) -> None:
+        """Recompute what the backbone derives from its own text tower (e.g. the mini backbone's ConSE class-name
+        features) after that tower changed, as training does to it. Called by the trainer every few steps, before
+        every evaluation and before the thresholds are fitted. Default: nothing to refresh."""
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Tensors that a checkpoint of a model on this backbone must store (default: all of them)."""
         return self.state_dict()

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import safety
 from ..errors import HySACError, InputError
@@ -464,7 +465,8 @@ _ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 # ----------------------------------------------------------------------------------------------- the factory
 def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_upload_bytes: int = 8 * MB,
                max_batch: int = 256, max_k: int = 100, max_text_chars: int = 10_000,
-               max_image_pixels: int = 25_000_000, max_pending: int = 1024, warmup: bool = True,
+               max_image_pixels: int = 25_000_000, max_request_pixels: int = 100_000_000,
+               max_pending: int = 1024, warmup: bool = True,
                fast: bool = False, coalesce: int = 64, allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
     """Build the service.
 
@@ -472,6 +474,9 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
     (the model recorded in the index, else the shipped default). ``index_dir``: an index built with that model
     (optional; without it ``/search`` answers 503 and ``/traverse`` shows no items). ``max_upload_bytes``: the
     largest request body (JSON, or all multipart parts together). ``max_batch``: most inputs per ``/classify``.
+    ``max_image_pixels`` / ``max_request_pixels``: the largest upload, and all uploads of one request together, in
+    decoded pixels (checked from the image headers before anything is decoded; images more elongated than
+    :data:`hysac.images.MAX_ASPECT` are refused too).
     ``allowed_hosts``: the ``Host`` names answered (default: this machine's loopback names; ``"*"``: any).
     ``coalesce``: most single queries (``/search``, ``/traverse``) encoded in one model call when they arrive
     together (1: one call per query). ``fast``: put the model on :func:`hysac.fast.optimize` (GPU when CUDA is available, else the CPU fast path).
@@ -501,6 +506,7 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         m.encode_text(["warm up"])
     limits = {"max_upload_bytes": int(max_upload_bytes), "max_batch": int(max_batch), "max_k": int(max_k),
               "max_text_chars": int(max_text_chars), "max_image_pixels": int(max_image_pixels),
+              "max_request_pixels": int(max_request_pixels),
               "max_pending": int(max_pending), "coalesce": int(coalesce)}
     thresholds = {mod: float(m.unsafe_threshold(mod)) for mod in ("text", "image")}
     db_path = index_path / "items.sqlite" if index_path is not None else None
@@ -553,6 +559,13 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         if e.status_code == 405:
             msg = f"method {request.method} not allowed on {request.url.path}"
         return _error_response(e.status_code, code, msg, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, e: ClientDisconnect):
+        # not a server error: the client closed the connection before its body arrived; nobody reads the answer
+        log.info("client disconnected during %s %s before sending its whole body", request.method,
+                 request.url.path)
+        return _error_response(400, "client_disconnected", "the client closed the connection mid-request")
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception):  # pragma: no cover - a bug, not bad input
@@ -625,10 +638,25 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
             raise ApiError(422, "invalid_input", f"{what} is not valid Unicode (lone surrogate)") from None
         return text
 
-    def decode_image(up: Upload):
-        from PIL import Image, ImageOps, UnidentifiedImageError
+    spec = m.backbone.pixel_spec() if hasattr(m.backbone, "pixel_spec") else None
+    # an upload is kept as the model's input crop (a few hundred KB) as soon as it is decoded, when that crop is
+    # all the model reads of it (preprocessing it again is then a no-op)
+    keep_crop = spec is not None and spec.crop[0] == spec.crop[1] == int(spec.size)
 
-        from ..images import to_rgb
+    def image_size(up: Upload) -> tuple[int, int]:
+        """The header size of an upload, without decoding it (0x0 when it cannot be opened: decode says why)."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(up.data)) as im:
+                return im.size
+        except Exception:  # noqa: BLE001 - decode_image reports the reason
+            return 0, 0
+
+    def decode_image(up: Upload):
+        from PIL import Image, UnidentifiedImageError
+
+        from ..images import open_reduced
 
         name = up.filename[:120]
         if not up.data:
@@ -641,9 +669,11 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                     if w * h > max_image_pixels:
                         raise ApiError(413, "image_too_large",
                                        f"upload {name!r} is {w}x{h} pixels; the limit is {max_image_pixels} pixels")
-                    im.load()
-                    im = ImageOps.exif_transpose(im)
-                    return to_rgb(im)
+                    try:
+                        rgb = open_reduced(im, f"upload {name!r}")
+                    except InputError as e:
+                        raise ApiError(422, "invalid_image", str(e)) from None
+                    return spec.resize_crop(rgb) if keep_crop else rgb
         except ApiError:
             raise
         except UnidentifiedImageError:
@@ -655,8 +685,19 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
                            f"upload {name!r} is a corrupt or truncated image ({type(e).__name__}: "
                            f"{' '.join(str(e).split())[:200]})") from None
 
+    def decode_all(uploads: list[Upload]):
+        """Check the request's decoded-pixel budget from the headers, then decode one upload at a time (each
+        reduced to the model's input before the next is decoded)."""
+        sizes = [image_size(u) for u in uploads]
+        total = sum(w * h for w, h in sizes)
+        if total > max_request_pixels:
+            raise ApiError(413, "image_too_large",
+                           f"the {len(uploads)} uploads hold {total} pixels together; the limit is "
+                           f"{max_request_pixels} decoded pixels per request")
+        return [decode_image(u) for u in uploads]
+
     async def decode_images(uploads: list[Upload]):
-        return await run_in_threadpool(lambda: [decode_image(u) for u in uploads])
+        return await run_in_threadpool(decode_all, uploads)
 
     def check_k(k: int, lo: int = 1) -> int:
         if not lo <= k <= max_k:

@@ -27,6 +27,12 @@ def serve_command(
         None, "--torch-threads", help="torch intra-op threads for inference (default: torch's, one per core; 1 is "
                                       "often faster for small models on a busy machine)."),
     keep_alive: int = typer.Option(30, "--keep-alive", help="Seconds an idle keep-alive connection stays open."),
+    header_timeout: float = typer.Option(10, "--header-timeout", help="Seconds a client has to send its request "
+                                                                     "headers before the connection is closed."),
+    body_timeout: float = typer.Option(60, "--body-timeout", help="Seconds a client has to send its request body "
+                                                                 "after the headers."),
+    max_request_mpx: float = typer.Option(100, "--max-request-mpx", help="Most decoded megapixels of all uploads "
+                                                                        "of one request together."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning: no access log)."),
     coalesce: int = typer.Option(64, "--coalesce", help="Most concurrent single queries (/search, /traverse) encoded "
                                                          "in one model call (1: one call per query)."),
@@ -40,11 +46,14 @@ def serve_command(
     import uvicorn
 
     from .app import create_app
+    from .protocol import timeout_protocol
 
     if not 0 <= port <= 65535:
         raise InputError(f"port must be in 0..65535, got {port}")
     if max_upload_mb <= 0 or max_batch < 1 or max_k < 1 or coalesce < 1:
         raise InputError("--max-upload-mb, --max-batch, --max-k and --coalesce must be positive")
+    if not header_timeout > 0 or not body_timeout > 0 or not max_request_mpx > 0:
+        raise InputError("--header-timeout, --body-timeout and --max-request-mpx must be positive")
     if index is not None and not index.exists():
         raise InputError(f"index not found: {index}")
     if torch_threads is not None:
@@ -57,7 +66,8 @@ def serve_command(
 
     hosts = [*LOCAL_HOSTS, *([] if host in ("0.0.0.0", "::") else [host]), *allow_host]
     app = create_app(model, index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch,
-                     max_k=max_k, fast=fast, coalesce=coalesce, allowed_hosts=hosts)
+                     max_k=max_k, fast=fast, coalesce=coalesce, allowed_hosts=hosts,
+                     max_request_pixels=int(max_request_mpx * 1_000_000))
     where = "0.0.0.0 (all interfaces)" if host == "0.0.0.0" else host
     typer.echo(f"hysac serve: model {app.state.engine.model.model_id}"
                + (f" (fast path: {app.state.fast['path']})" if app.state.fast else "")
@@ -65,4 +75,4 @@ def serve_command(
                + f" — open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (listening on {where})",
                err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("debug", "info"),
-                timeout_keep_alive=keep_alive)
+                timeout_keep_alive=keep_alive, http=timeout_protocol(header_timeout, body_timeout))

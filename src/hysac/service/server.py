@@ -27,6 +27,9 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", *, log_level: str = "warn
 
     sock = free_socket(host)
     port = sock.getsockname()[1]
+    from .protocol import timeout_protocol
+
+    config.setdefault("http", timeout_protocol())
     cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", **config)
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="hysac-uvicorn", daemon=True)

@@ -83,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "cache_features": True,  # frozen towers: encode the pools once and train the heads on the cache
     "checkpoint_every": 50,  # optimizer steps
+    # recompute what the backbone derives from its trainable text tower (the mini backbone's ConSE class-name
+    # features) every this many optimizer steps, and always before evaluating and fitting thresholds; 0: only then
+    "refresh_class_features_every": 25,
     "patience": 4,  # epochs without improvement before early stopping
     "select_metric": "auroc_text",  # or "recall_sum" (the paper's)
     "max_steps": None,  # stop after this many optimizer steps (interruption/testing)
@@ -173,6 +176,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     lw = perf.get("loader_workers")
     if lw != "auto" and (isinstance(lw, bool) or not isinstance(lw, int) or lw < 0):
         raise InputError(f"perf.loader_workers must be auto or an integer >= 0, got {lw!r}")
+    every = cfg.get("refresh_class_features_every")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise InputError(f"refresh_class_features_every must be an integer >= 0, got {every!r}")
     ck = perf.get("grad_checkpointing")
     if not isinstance(ck, bool) and not (isinstance(ck, int) and ck >= 1):
         raise InputError(f"perf.grad_checkpointing must be true, false or a layer interval >= 1, got {ck!r}")

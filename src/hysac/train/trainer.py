@@ -691,6 +691,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, Any]:
         self.model.eval()
+        self.model.backbone.refresh_class_features()
         es = getattr(self.data, split)
         c = self.model.curvature
         euclid = self.cfg["objective"] == "safeclip"
@@ -893,6 +894,8 @@ class Trainer:
         batch = cfg["data"]["batch"]
         clip = float(cfg["optim"].get("clip_grad") or 0)
         ck_every = int(cfg.get("checkpoint_every") or 0)
+        refresh_every = int(cfg.get("refresh_class_features_every") or 0)
+        self.model.backbone.refresh_class_features()  # from the tower as it is now (fresh or resumed)
         stopped_early = False
         nxt = None  # ((epoch, step), rows) of the next step, when the image prefetch assembled it early
         while self.state["epoch"] < epochs and not self.state["done"]:
@@ -935,6 +938,8 @@ class Trainer:
                        "logit_scale": float(self.model.logit_scale.detach().exp())}
                 self._log_jsonl(rec)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", c=f"{self.model.curvature:.3f}")
+                if refresh_every and self.state["global_step"] % refresh_every == 0:
+                    self.model.backbone.refresh_class_features()
                 if ck_every and self.state["global_step"] % ck_every == 0:
                     self.save_checkpoint()
                 if max_steps is not None and self.state["global_step"] >= int(max_steps):
@@ -977,6 +982,7 @@ class Trainer:
         if best.is_file():
             self.model.load_checkpoint_state_dict(load_file(str(best)), source=str(best))
         self.model.eval()
+        self.model.backbone.refresh_class_features()  # the thresholds below are fitted on what gets exported
         result: dict[str, Any] = {"name": self.cfg["name"], "objective": self.cfg["objective"],
                                   "best_epoch": self.state["best_epoch"] + 1, "stopped_early": stopped_early,
                                   "global_step": self.state["global_step"], "data": self.data.info}
