@@ -200,6 +200,29 @@ def info_command(
         Console().print(t)
 
 
+@index_app.command("verify")
+def verify_command(
+    index: Annotated[Path, typer.Argument(help="index directory")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Check every byte of an index against its recorded checksums (shards, FAISS files, item rows); exit 2 and
+    one line per damaged file when anything does not match."""
+    from .store import IndexStore
+
+    with _errors():
+        with IndexStore(index) as store:
+            problems = store.verify(progress=not json_out)
+            n = store.count()
+        if json_out:
+            typer.echo(json.dumps({"index": str(index), "items": n, "ok": not problems, "problems": problems}))
+        elif not problems:
+            typer.echo(f"index {index}: {n} items, every shard and FAISS file matches its checksum")
+        for p in problems if not json_out else ():
+            typer.echo(f"damaged: {p}", err=True)
+        if problems:
+            raise typer.Exit(2)
+
+
 def _read_text_file(path: Path) -> list[str]:
     """Query lines of ``path`` (blank lines skipped); a line that is not UTF-8 stops the search with an error
     naming ``file:line`` (the per-line reader ``hysac classify`` uses)."""

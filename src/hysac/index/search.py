@@ -66,7 +66,7 @@ from .ann import (
     storage_vectors,
 )
 from ..policy import MODES, Mode, Moved, check_modality, over_threshold
-from .store import MODALITIES, IndexStore, faiss_file
+from .store import MODALITIES, IndexStore, faiss_file, file_sha256
 
 __all__ = ["MODES", "RERANKS", "ENTAIL_PARENTS", "SearchResult", "QueryResult", "IndexSearcher", "open_searcher"]
 
@@ -206,7 +206,13 @@ class IndexSearcher:
         ids = self.store.ids_of(modality)
         path = self.store.root / faiss_file(modality)
         index = None
-        if path.is_file():
+        usable = path.is_file()
+        recorded = ((self.store.info.get("faiss") or {}).get(modality) or {}).get("sha256")
+        if usable and recorded and file_sha256(path) != recorded:
+            warnings.warn(f"{path.name} of index {self.store.root} does not match its recorded checksum "
+                          "(damaged or edited); not using it", stacklevel=2)
+            usable = False  # rebuilt below from the (verified) shards
+        if usable:
             try:
                 index = read_faiss_index(path)
                 have = index_ids(index)

@@ -51,6 +51,8 @@ __all__ = [
     "utcnow",
     "IndexStore",
     "EmbeddingReader",
+    "file_sha256",
+    "rows_fingerprint",
 ]
 
 FORMAT = "hysac-index"
@@ -111,24 +113,80 @@ def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+#: per-shard integrity columns added to ``shards`` by format 1.1 writers (older indexes lack them: unverified)
+SHARD_CHECKS = ("sha256", "fingerprint")
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    """The writer's connection (creates the schema, adds the integrity columns to an older ``shards`` table)."""
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(shards)")}
+    for col in SHARD_CHECKS:
+        if col not in have:
+            conn.execute(f"ALTER TABLE shards ADD COLUMN {col} TEXT")
     return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A reader's connection: never creates or changes the database (a missing ``items.sqlite`` is refused, not
+    recreated empty) and works on an index the reader may not write (another user's, a read-only mount)."""
+    if not path.is_file():
+        raise InputError(f"index database {path} is missing: the index is damaged (rebuild it with "
+                         "`hysac index build`)")
+    last: Exception | None = None
+    for query in ("mode=ro", "mode=ro&immutable=1"):  # immutable: no -wal/-shm can be created beside it
+        try:
+            conn = sqlite3.connect(f"file:{path}?{query}", uri=True, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            break
+        except sqlite3.DatabaseError as e:
+            last = e
+    else:
+        raise InputError(f"index database {path} cannot be read: {' '.join(str(last).split())}") from None
+    missing = {"items", "shards", "errors", "sources"} - tables
+    if missing:
+        conn.close()
+        raise InputError(f"index database {path} is damaged: no table(s) {', '.join(sorted(missing))}")
+    return conn
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def rows_fingerprint(arr: np.ndarray) -> str:
+    """A cheap content check of an embedding shard: sha256 of its shape, first and last rows (catches swapped,
+    truncated or replaced shards on open without reading them whole; :func:`file_sha256` checks every byte)."""
+    import hashlib
+
+    h = hashlib.sha256(repr(tuple(arr.shape)).encode())
+    if len(arr):
+        h.update(np.ascontiguousarray(arr[0], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(arr[-1], dtype=np.float32).tobytes())
+    return h.hexdigest()[:32]
 
 
 class EmbeddingReader:
     """Random access to the embedding shards by item id (memory-mapped ``.npy`` files)."""
 
-    def __init__(self, root: Path, shards: Sequence[tuple[str, int, int]], dim: int):
+    def __init__(self, root: Path, shards: Sequence[tuple], dim: int):
         self.root = root
         self.dim = dim
         rows = sorted(shards, key=lambda r: r[1])
         self.files = [r[0] for r in rows]
         self.starts = [int(r[1]) for r in rows]
         self.counts = [int(r[2]) for r in rows]
+        self.fingerprints = [r[4] if len(r) > 4 else None for r in rows]
         self.total = sum(self.counts)
         self._cache: dict[int, np.ndarray] = {}
 
@@ -138,11 +196,16 @@ class EmbeddingReader:
             path = self.root / EMB_DIR / self.files[i]
             try:
                 arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise InputError(f"index embedding shard {path} is missing or unreadable: {e}") from None
-            if arr.ndim != 2 or arr.shape != (self.counts[i], self.dim):
-                raise InputError(f"index embedding shard {path} has shape {arr.shape}, expected "
-                                 f"({self.counts[i]}, {self.dim})")
+            except (OSError, ValueError, EOFError) as e:
+                raise InputError(f"index embedding shard {path} is missing or unreadable: "
+                                 f"{' '.join(str(e).split()) or type(e).__name__}") from None
+            if arr.ndim != 2 or arr.shape != (self.counts[i], self.dim) or arr.dtype != np.float32:
+                raise InputError(f"index embedding shard {path} has shape {arr.shape} ({arr.dtype}), expected "
+                                 f"({self.counts[i]}, {self.dim}) float32: the index is damaged")
+            if self.fingerprints[i] and rows_fingerprint(arr) != self.fingerprints[i]:
+                raise InputError(f"index embedding shard {path} does not hold the vectors recorded for items "
+                                 f"{self.starts[i]}..{self.starts[i] + self.counts[i] - 1} (replaced, swapped or "
+                                 "edited): the index is damaged; `hysac index verify` lists every damaged file")
             self._cache[i] = arr
         return arr
 
@@ -160,6 +223,11 @@ class EmbeddingReader:
         for s in np.unique(which):
             sel = which == s
             out[sel] = self._shard(int(s))[flat[sel] - starts[s]]
+            if not np.isfinite(out[sel]).all():
+                bad = flat[sel][~np.isfinite(out[sel]).all(axis=1)]
+                raise InputError(f"index embedding shard {self.root / EMB_DIR / self.files[int(s)]} holds "
+                                 f"non-finite vectors (items {', '.join(map(str, bad[:5].tolist()))}"
+                                 f"{'…' if bad.size > 5 else ''}): the index is damaged")
         return out.reshape(ids.shape + (self.dim,))
 
     def range(self, start: int, stop: int) -> np.ndarray:
@@ -175,11 +243,44 @@ class EmbeddingReader:
 class IndexStore:
     """An index directory opened for reading. :class:`~hysac.index.writer.IndexWriter` adds the write side."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, writable: bool = False):
         self.root = Path(root)
         self.info = self.read_info(self.root)
-        self.conn = connect(self.root / DB_FILE)
+        db = self.root / DB_FILE
+        if writable:
+            if not db.is_file() and int((self.info.get("counts") or {}).get("total", 0) or 0) > 0:
+                raise InputError(f"index database {db} is missing but {INDEX_JSON} records "
+                                 f"{self.info['counts']['total']} items: the index is damaged (rebuild it)")
+            self.conn = connect(db)
+        else:
+            self.conn = connect_readonly(db)
         self._emb: EmbeddingReader | None = None
+        self.check_consistency()
+
+    def check_consistency(self) -> None:
+        """Cheap structural checks on open (a few aggregate queries): item ids ``0..N-1`` without gaps, shards
+        covering exactly those ids, one modality per item. Raises :class:`InputError` naming the damage."""
+        db = self.root / DB_FILE
+        try:
+            n, lo, hi = self.conn.execute("SELECT COUNT(*), MIN(id), MAX(id) FROM items").fetchone()
+            bad_mod = self.conn.execute("SELECT COUNT(*) FROM items WHERE modality NOT IN ('text','image')"
+                                        ).fetchone()[0]
+            shards = self.shard_rows()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"index database {db} cannot be read: {' '.join(str(e).split())}") from None
+        if n and (lo != 0 or hi != n - 1):
+            raise InputError(f"index database {db} is damaged: item ids run {lo}..{hi} for {n} items (gaps)")
+        if bad_mod:
+            raise InputError(f"index database {db} is damaged: {bad_mod} item(s) of an unknown modality")
+        nxt = 0
+        for r in shards:
+            if r[1] != nxt or r[2] < 1:
+                raise InputError(f"index database {db} is damaged: embedding shard {r[0]} covers items "
+                                 f"{r[1]}..{r[1] + r[2] - 1}, expected to start at {nxt}")
+            nxt = r[1] + r[2]
+        if nxt != n:
+            raise InputError(f"index database {db} is damaged: the embedding shards hold {nxt} vectors for "
+                             f"{n} items")
 
     # -- index.json ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -293,15 +394,24 @@ class IndexStore:
             q = ("SELECT id, key, modality, content, score, unsafe, categories, metadata FROM items "
                  "WHERE id IN (%s)" % ",".join("?" * len(part)))
             for r in self.conn.execute(q, part):
+                try:
+                    cats = json.loads(r[6]) if r[6] else None
+                    meta = json.loads(r[7]) if r[7] else {}
+                    if (cats is not None and not isinstance(cats, dict)) or not isinstance(meta, dict):
+                        raise ValueError("not a JSON object")
+                    score = float(r[4])
+                except (ValueError, TypeError) as e:
+                    raise InputError(f"index database {self.root / DB_FILE} is damaged: item {r[0]} has unreadable "
+                                     f"categories / metadata / score ({e})") from None
                 out[int(r[0])] = {
                     "id": int(r[0]),
                     "key": r[1],
                     "modality": r[2],
                     "content": r[3],
-                    "score": float(r[4]),
+                    "score": score,
                     "unsafe": bool(r[5]),
-                    "categories": json.loads(r[6]) if r[6] else None,
-                    "metadata": json.loads(r[7]) if r[7] else {},
+                    "categories": cats,
+                    "metadata": meta,
                 }
         return out
 
@@ -320,13 +430,70 @@ class IndexStore:
         return [(r[0], int(r[1]), int(r[2])) for r in
                 self.conn.execute("SELECT file, start, count FROM shards ORDER BY start")]
 
+    def shard_checks(self) -> list[tuple[str, int, int, str | None, str | None]]:
+        """``(file, start, count, sha256, fingerprint)`` per shard (``None`` where an older writer recorded none)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(shards)")}
+        if not set(SHARD_CHECKS) <= have:
+            return [(*r, None, None) for r in self.shard_rows()]
+        return [(r[0], int(r[1]), int(r[2]), r[3], r[4]) for r in
+                self.conn.execute("SELECT file, start, count, sha256, fingerprint FROM shards ORDER BY start")]
+
     @property
     def embeddings(self) -> EmbeddingReader:
         """Reader over the committed shards (refreshed when the shard table changed)."""
-        rows = self.shard_rows()
+        rows = self.shard_checks()
         if self._emb is None or self._emb.files != [r[0] for r in rows]:
             self._emb = EmbeddingReader(self.root, rows, self.embed_dim)
         return self._emb
+
+    def verify(self, progress: bool = False) -> list[str]:
+        """Full check, every byte: each shard's sha256 and shape and that all its vectors are finite, each FAISS
+        file's sha256 against ``index.json``, every item row readable. Returns one line per problem (empty: intact;
+        shards and FAISS files written before checksums were recorded are checked for shape and finiteness only)."""
+        problems: list[str] = []
+        try:
+            self.check_consistency()
+        except InputError as e:
+            return [str(e)]
+        checks = self.shard_checks()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(checks), desc="verify shards", unit="shard")
+        for file, start, count, sha, _ in checks:
+            path = self.root / EMB_DIR / file
+            if not path.is_file():
+                problems.append(f"embedding shard {path} is missing (items {start}..{start + count - 1})")
+            elif sha and file_sha256(path) != sha:
+                problems.append(f"embedding shard {path} does not match its recorded sha256")
+            else:
+                try:
+                    reader = EmbeddingReader(self.root, [(file, start, count)], self.embed_dim)
+                    arr = reader._shard(0)
+                    if not np.isfinite(arr).all():
+                        problems.append(f"embedding shard {path} holds non-finite vectors")
+                except InputError as e:
+                    problems.append(str(e))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        for mod, entry in (self.info.get("faiss") or {}).items():
+            path = self.root / faiss_file(mod)
+            sha = (entry or {}).get("sha256")
+            if not path.is_file():
+                problems.append(f"FAISS file {path} is missing (search rebuilds it in memory; `hysac index add` "
+                                "with no new items rewrites it)")
+            elif sha and file_sha256(path) != sha:
+                problems.append(f"FAISS file {path} does not match its recorded sha256 (search does not use it)")
+        ids = [r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY id")]
+        for i in range(0, len(ids), 5000):
+            try:
+                self.rows(ids[i:i + 5000])
+            except InputError as e:
+                problems.append(str(e))
+        return problems
 
     def summary(self) -> dict[str, Any]:
         """index.json content refreshed from the database (what ``hysac index info`` prints)."""

@@ -50,6 +50,8 @@ from .store import (
     STAGING_DIR,
     IndexStore,
     faiss_file,
+    file_sha256,
+    rows_fingerprint,
     utcnow,
 )
 
@@ -115,7 +117,7 @@ class IndexWriter:
         IndexStore.read_info(root)  # InputError if missing
         fd = cls._lock(root)
         try:
-            store = IndexStore(root)
+            store = IndexStore(root, writable=True)
             if model is not None:
                 store.check_model(model)
         except BaseException:
@@ -170,7 +172,7 @@ class IndexWriter:
             }
             write_json_atomic(root / INDEX_JSON, info)
             (root / EMB_DIR).mkdir(exist_ok=True)
-            store = IndexStore(root)
+            store = IndexStore(root, writable=True)
         except BaseException:
             os.close(fd)
             raise
@@ -244,6 +246,7 @@ class IndexWriter:
             seq = int(self.conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM shards").fetchone()[0])
             shard_name = f"shard-{seq:08d}.npy"
             save_npy_atomic(self.root / EMB_DIR / shard_name, emb)
+            shard_sums = (file_sha256(self.root / EMB_DIR / shard_name), rows_fingerprint(emb))
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             if items:
@@ -262,8 +265,8 @@ class IndexWriter:
                     "VALUES (?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-                self.conn.execute("INSERT INTO shards(seq, file, start, count) VALUES (?,?,?,?)",
-                                  (seq, shard_name, start, len(items)))
+                self.conn.execute("INSERT INTO shards(seq, file, start, count, sha256, fingerprint) "
+                                  "VALUES (?,?,?,?,?,?)", (seq, shard_name, start, len(items), *shard_sums))
                 self.conn.executemany("DELETE FROM errors WHERE key=?", [(it.key,) for it in items])
             if batch.errors:
                 self.conn.executemany(
@@ -316,12 +319,13 @@ class IndexWriter:
             seq = int(self.conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM shards").fetchone()[0])
             name = f"shard-{seq:08d}.npy"
             save_npy_atomic(self.root / EMB_DIR / name, data)
+            sums = (file_sha256(self.root / EMB_DIR / name), rows_fingerprint(data))
             del data
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self.conn.executemany("DELETE FROM shards WHERE file=?", [(r[0],) for r in g])
-                self.conn.execute("INSERT INTO shards(seq, file, start, count) VALUES (?,?,?,?)",
-                                  (seq, name, start, count))
+                self.conn.execute("INSERT INTO shards(seq, file, start, count, sha256, fingerprint) "
+                                  "VALUES (?,?,?,?,?,?)", (seq, name, start, count, *sums))
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -348,6 +352,11 @@ class IndexWriter:
                 continue
             index = None
             have = np.zeros(0, dtype=np.int64)
+            recorded = ((self.store.info.get("faiss") or {}).get(mod) or {}).get("sha256")
+            if path.is_file() and recorded and file_sha256(path) != recorded:
+                if log is not None:
+                    log(f"{path.name} does not match its recorded checksum; rebuilding it from the shards")
+                path.unlink()
             if path.is_file():
                 try:
                     index = read_faiss_index(path)
@@ -379,7 +388,8 @@ class IndexWriter:
                 if bar is not None:
                     bar.close()
                 write_faiss_index(index, path)
-            out[mod] = {"file": path.name, "kind": ann.kind, "ntotal": int(index.ntotal)}
+            out[mod] = {"file": path.name, "kind": ann.kind, "ntotal": int(index.ntotal),
+                        "sha256": file_sha256(path)}
         return out
 
     def write_errors_file(self) -> None:
