@@ -7,6 +7,8 @@ A clip-retrieval-like pipeline, one concept per module:
   bad items are logged, not fatal
 * :mod:`~hysac.index.store` / :mod:`~hysac.index.writer` — the index directory; atomic per-batch commits,
   resumable builds
+* :mod:`~hysac.index.sync` — a rebuild over a changed source: unchanged items kept, changed ones re-encoded,
+  vanished ones removed (tombstoned) from search
 * :mod:`~hysac.index.runner` / :mod:`~hysac.index.distributor` — local (tqdm) or Ray Data execution
 * :mod:`~hysac.index.ann` — Lorentz kNN as inner-product search (FAISS flat / HNSW)
 * :mod:`~hysac.index.search` — safety modes (off, filter, redirect, redirect+filter, seek-unsafe), modality
@@ -22,6 +24,7 @@ from .reader import Item, Source, open_source
 from .runner import BuildReport, add_to_index, build_index
 from .search import MODES, IndexSearcher, QueryResult, SearchResult, open_searcher
 from .store import IndexStore
+from .sync import SyncPlan
 from .writer import IndexWriter
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "QueryResult",
     "SearchResult",
     "Source",
+    "SyncPlan",
     "add_to_index",
     "build_index",
     "lorentz_distance_fp64",

@@ -82,9 +82,9 @@ def _print_report(report: Any, json_out: bool) -> None:
         return
     c = report.counts
     typer.echo(
-        f"{report.index}: +{report.added} items ({report.skipped} already indexed, {report.errors} errors) "
-        f"in {report.seconds:.1f}s; index holds {c.get('total', 0)} items "
-        f"({c.get('text', 0)} text, {c.get('image', 0)} image)"
+        f"{report.index}: +{report.added} items added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged ({report.errors} errors) in {report.seconds:.1f}s; index holds "
+        f"{c.get('total', 0)} items ({c.get('text', 0)} text, {c.get('image', 0)} image)"
     )
 
 
@@ -117,7 +117,8 @@ def build_command(
     json_out: JsonOpt = False,
     fast: FastOpt = False,
 ) -> None:
-    """Index SRC into a new directory OUT (rerun the same command to resume an interrupted build)."""
+    """Index SRC into a new directory OUT (rerun the same command to resume an interrupted build, or to bring the
+    index in line with SRC after rows/files were edited, added or deleted)."""
     from .ann import AnnConfig
     from .reader import open_source
     from .runner import build_index, _check
@@ -148,7 +149,8 @@ def add_command(
     json_out: JsonOpt = False,
     fast: FastOpt = False,
 ) -> None:
-    """Append SRC to an existing index (refuses a model other than the index's)."""
+    """Append SRC to an existing index (refuses a model other than the index's); rerun it to bring the index in
+    line with SRC after rows/files were edited or deleted."""
     from .reader import open_source
     from .runner import _check, add_to_index
     from .store import IndexStore
@@ -189,7 +191,7 @@ def info_command(
             ("geometry", f"{info['embed_dim']}-d Lorentz, curvature -{info['curvature']:g}"),
             ("ann", ", ".join(f"{k}={v}" for k, v in ann.items())),
             ("engine", str(info.get("engine"))),
-            ("items", f"{c['total']} ({c['text']} text, {c['image']} image)"),
+            ("items", f"{c['total']} live ({c['text']} text, {c['image']} image), {info.get('removed', 0)} removed"),
             ("errors", str(info.get("errors", 0))),
             ("created / updated", f"{info.get('created')} / {info.get('updated')}"),
         ]
@@ -213,10 +215,13 @@ def verify_command(
         with IndexStore(index) as store:
             problems = store.verify(progress=not json_out)
             n = store.count()
+            live = store.live_count()
         if json_out:
-            typer.echo(json.dumps({"index": str(index), "items": n, "ok": not problems, "problems": problems}))
+            typer.echo(json.dumps({"index": str(index), "items": n, "live": live, "removed": n - live,
+                                   "ok": not problems, "problems": problems}))
         elif not problems:
-            typer.echo(f"index {index}: {n} items, every shard and FAISS file matches its checksum")
+            typer.echo(f"index {index}: {n} items ({live} live, {n - live} removed), every shard and FAISS file "
+                       "matches its checksum")
         for p in problems if not json_out else ():
             typer.echo(f"damaged: {p}", err=True)
         if problems:

@@ -93,7 +93,8 @@ class _MapperActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        items = [Item.from_record({k: batch[k][i] for k in ("key", "modality", "content", "metadata")})
+        items = [Item.from_record({k: batch[k][i] for k in ("key", "modality", "content", "metadata", "fingerprint")
+                                   if k in batch})
                  for i in range(n)]
         enc = self.mapper(items)
         name = f"part-{uuid.uuid4().hex}"

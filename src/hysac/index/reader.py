@@ -16,6 +16,11 @@ Each item carries a stable **key**, used to skip the items already committed whe
 * table row: ``<absolute table path>#<row number>:<12 hex digits of sha1(row content)>`` — the hash makes a key
   stale when the row changes, so an edited row is indexed again rather than silently kept.
 
+and a cheap content **fingerprint** (:func:`content_fingerprint`), recorded with the item, that tells a rebuild
+whether what the model saw has changed: for a text, a hash of the text; for an image, the file's size and
+modification time (``stat:<bytes>:<mtime ns>``; the bytes are not read). The index sync
+(:mod:`~hysac.index.sync`) re-embeds an item whose fingerprint changed and keeps the others.
+
 Nothing here touches the model; a bad SRC raises :class:`~hysac.errors.InputError` naming it.
 """
 
@@ -26,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -43,6 +49,8 @@ __all__ = [
     "open_source",
     "batched",
     "jsonable",
+    "content_fingerprint",
+    "key_slot",
 ]
 
 
@@ -53,13 +61,15 @@ TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to index: a text or an image path, with its resume key and metadata."""
+    """One thing to index: a text or an image path, with its resume key, metadata and content fingerprint."""
 
     key: str
     modality: Modality
     #: the text itself, or the absolute path of the image
     content: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: :func:`content_fingerprint` at read time ("" when unknown: the item is then always re-encoded by a sync)
+    fingerprint: str = ""
 
     def to_record(self) -> dict[str, str]:
         """Flat, string-only record (Arrow/Ray friendly); inverse of :meth:`from_record`."""
@@ -68,17 +78,44 @@ class Item:
             "modality": self.modality,
             "content": self.content,
             "metadata": json.dumps(self.metadata, ensure_ascii=False, sort_keys=True),
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
     def from_record(cls, rec: dict) -> "Item":
         meta = rec.get("metadata") or "{}"
+        fp = rec.get("fingerprint")
         return cls(
             key=str(rec["key"]),
             modality=str(rec["modality"]),  # type: ignore[arg-type]
             content=str(rec["content"]),
             metadata=json.loads(meta) if isinstance(meta, str) else dict(meta),
+            fingerprint="" if fp is None else str(fp),
         )
+
+
+def content_fingerprint(modality: str, content: str) -> str:
+    """A cheap fingerprint of what the model encodes for an item: ``sha1:<20 hex>`` of a text, or
+    ``stat:<size>:<mtime_ns>`` of an image file ("" when the file cannot be stat'ed or there is no content)."""
+    if not content:
+        return ""
+    if modality == "image":
+        try:
+            st = os.stat(content)
+        except OSError:
+            return ""
+        return f"stat:{st.st_size}:{st.st_mtime_ns}"
+    return "sha1:" + hashlib.sha1(content.encode("utf-8", errors="surrogatepass")).hexdigest()[:20]
+
+
+_TABLE_KEY = re.compile(r"^(.*#\d+):[0-9a-f]{12}$", re.DOTALL)
+
+
+def key_slot(key: str) -> str:
+    """Where an item sits in its source, independent of its content: a table row key without its content hash
+    (``<table>#<row>``), any other key unchanged. Two versions of an edited row share a slot."""
+    m = _TABLE_KEY.match(key)
+    return m.group(1) if m else key
 
 
 def jsonable(value: Any) -> Any:
@@ -200,7 +237,8 @@ class FolderSource(Source):
     def __iter__(self) -> Iterator[Item]:
         for rel, full in self._files:
             path = _abspath(full)
-            yield Item(key=path, modality="image", content=path, metadata={"relpath": rel})
+            yield Item(key=path, modality="image", content=path, metadata={"relpath": rel},
+                       fingerprint=content_fingerprint("image", path))
 
 
 class TableSource(Source):
@@ -345,7 +383,8 @@ class TableSource(Source):
             else:
                 content = "" if value is None else str(value)
             meta = {"row": rowno, **meta}
-            yield Item(key=f"{table}#{rowno}:{digest}", modality=self.modality, content=content, metadata=meta)
+            yield Item(key=f"{table}#{rowno}:{digest}", modality=self.modality, content=content, metadata=meta,
+                       fingerprint=content_fingerprint(self.modality, content))
 
 
 def _pandas():

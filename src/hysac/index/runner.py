@@ -2,6 +2,9 @@
 
 :func:`build_index` creates ``out`` (or resumes it: the keys already committed are skipped, so rerunning a killed
 build gives the same items once each) and :func:`add_to_index` appends another source to an existing index.
+Every run also **syncs** the index with its source (:mod:`~hysac.index.sync`): an item whose source row or file
+changed is re-encoded and replaces its old version, one whose row or file is gone is removed from search, the
+unchanged ones are kept as they are. The report counts added, updated, removed and unchanged items.
 Both refuse a model other than the index's (:class:`~hysac.errors.ModelMismatchError`) and end with
 :meth:`~hysac.index.writer.IndexWriter.finalize` (shard compaction, FAISS sync, ``index.json``).
 """
@@ -33,8 +36,11 @@ class BuildReport:
     source: str
     engine: str
     seen: int = 0  # items read from the source
-    skipped: int = 0  # already committed (resume / duplicates)
-    added: int = 0  # committed by this run
+    skipped: int = 0  # not encoded: unchanged (already committed: resume, rerun) or duplicate keys
+    added: int = 0  # new items committed by this run
+    updated: int = 0  # changed items re-encoded by this run (their old version removed)
+    removed: int = 0  # items whose source row/file is gone (or whose new version failed), removed from search
+    unchanged: int = 0  # items of the source kept as they were (moved table rows included)
     errors: int = 0  # items that failed in this run (see errors.jsonl)
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)  # whole index after the run
@@ -89,6 +95,7 @@ def _run(
 ) -> BuildReport:
     t0 = time.perf_counter()
     sid = writer.begin_source(source, engine)
+    writer.begin_sync(source, sid)
     if engine == "local":
         mapper = Mapper(model, text_batch_size=batch_size, image_batch_size=min(batch_size, 32))
         stats = run_local(source, writer, mapper, batch_size=batch_size, progress=progress, source_id=sid)
@@ -99,8 +106,12 @@ def _run(
             source, writer, model=model, model_factory=model_factory, batch_size=batch_size, progress=progress,
             source_id=sid, **(ray_options or {}),
         )
+    plan = writer.finish_sync()
     writer.end_source(sid)
     info = writer.finalize(progress=progress)
+    if plan is not None:
+        stats["added"] -= plan.updated  # the committed items that replace an old version are reported as updated
+        stats.update(updated=plan.updated, removed=plan.removed, unchanged=plan.unchanged)
     return BuildReport(
         index=str(writer.root), source=str(source.path), engine=engine, seconds=time.perf_counter() - t0,
         counts=dict(info["counts"]), **stats,

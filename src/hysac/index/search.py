@@ -4,7 +4,9 @@ Search = maximum inner-product search of ``[q, −q_t]`` against the stored ``[x
 :mod:`hysac.index.ann`), then an fp64 re-computation of the candidates' geodesic distances and a re-sort.
 The gallery is split by modality (``faiss.text.index``, ``faiss.image.index``); a query searches each
 sub-gallery it is allowed to (``modality=None``: all; ``"text"``/``"image"``: just that one) and the lists are
-merged by distance.
+merged by distance. Items removed by a sync (:mod:`hysac.index.sync`) stay in the FAISS files but are dropped
+from every candidate list before anything else (in every mode), and the search fetches more candidates until it
+has enough live ones.
 
 Safety modes (``mode=``), applied per sub-gallery (its modality is the *target* modality):
 
@@ -177,7 +179,12 @@ class IndexSearcher:
         self.ann = self.store.ann
         self.ef_search = int(ef_search or self.ann.efSearch)
         self.scores, self._mod_codes = self.store.scores_modalities()
-        self.n = {m: int((self._mod_codes == i).sum()) for i, m in enumerate(MODALITIES)}
+        #: (N,) bool by item id: False for an item removed by a sync (kept in the FAISS files, never returned)
+        self.live = self.store.live_mask()
+        self._has_removed = not bool(self.live.all())
+        #: vectors per sub-gallery (what its FAISS index holds, removed items included) and live items per modality
+        self._stored = {m: int((self._mod_codes == i).sum()) for i, m in enumerate(MODALITIES)}
+        self.n = {m: int(((self._mod_codes == i) & self.live).sum()) for i, m in enumerate(MODALITIES)}
         self._faiss: dict[str, Any] = {}
         self._thr: dict[str, float] = {}
 
@@ -248,11 +255,11 @@ class IndexSearcher:
     def _candidates(
         self, modality: str, q: np.ndarray, want: int, filt: bool, overfetch: int
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query: (ids, fp64 distances) of up to ``want`` nearest (safe if ``filt``) items, sorted."""
-        n_m = self.n[modality]
+        """Per query: (ids, fp64 distances) of up to ``want`` nearest (safe if ``filt``) live items, sorted."""
+        n_m = self._stored[modality]
         B = q.shape[0]
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0))] * B
-        if n_m == 0 or want <= 0:
+        if self.n[modality] == 0 or want <= 0:
             return out
         index = self.faiss_index(modality)
         qv = query_vectors(q, self.curv)
@@ -263,7 +270,8 @@ class IndexSearcher:
                 "(fit its safety bounds first)"
             )
         need = want + REFINE_MARGIN
-        kprime = min(n_m, max(need, want * overfetch) if filt else need)
+        dropping = filt or self._has_removed  # candidates may be dropped: over-fetch, search again if short
+        kprime = min(n_m, max(need, want * overfetch) if dropping else need)
         pending = np.arange(B)
         chosen: list[np.ndarray | None] = [None] * B
         while pending.size:
@@ -274,6 +282,8 @@ class IndexSearcher:
             for row, b in enumerate(pending):
                 ids = I[row]
                 ids = ids[ids >= 0]
+                if self._has_removed:
+                    ids = ids[self.live[ids]]
                 if filt:
                     ids = ids[~over_threshold(self.scores[ids], thr)]
                 if ids.size >= need or kprime >= n_m:

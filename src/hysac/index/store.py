@@ -5,9 +5,10 @@ Layout of an index ``DIR``::
     DIR/
       index.json            summary: format + version, model_id, model_source, embed_dim, curvature, ann config,
                             engine, counts per modality, error count, sources, FAISS files, created/updated (UTC)
-      items.sqlite          the source of truth (SQLite, WAL): tables ``items`` (id = FAISS id, key UNIQUE,
-                            modality, text/path, score, unsafe, categories JSON, metadata JSON, source),
-                            ``shards`` (embedding file → id range), ``errors`` (items that failed), ``sources``
+      items.sqlite          the source of truth (SQLite, WAL): tables ``items`` (id = FAISS id, key — unique among
+                            the live items —, modality, text/path, score, unsafe, categories JSON, metadata JSON,
+                            source, fingerprint, removed), ``shards`` (embedding file → id range), ``errors``
+                            (items that failed), ``sources``
       embeddings/shard-00000000.npy   float32 (n, D) space components of items ``start .. start+n-1``
       faiss.text.index      IndexIDMap(IndexFlatIP | IndexHNSWFlat) over ``[x, x_t]`` of the text items
       faiss.image.index     the same for the image items
@@ -20,6 +21,16 @@ transaction that inserts its rows and its ``shards`` row commits. A process kill
 committed batch or an unreferenced shard file (removed on the next write open), never rows without vectors.
 Item ids are assigned ``0..N-1`` in commit order and are the FAISS ids. The FAISS files are derived data: they
 are (re)synchronised at the end of a build/add and rebuilt in memory at search time if missing or stale.
+
+Removal (format 2): a rebuild over a source whose rows/files were edited or deleted (:mod:`~hysac.index.sync`)
+never deletes or renumbers a row. It **tombstones** the old version — ``items.removed`` is set to the UTC time of
+its removal — and appends the new version under a new id. A removed item keeps its id, row and vector (so the ids
+stay ``0..N-1``, the shards and their checksums stay valid and the FAISS files stay append-only), but it is no
+longer *live*: search drops it from every candidate list, :meth:`IndexStore.counts` counts live items only and
+``index.json`` records the removed ones under ``"removed"``. ``items.fingerprint`` is the item's content
+fingerprint (:func:`~hysac.index.reader.content_fingerprint`), what a rebuild compares to decide whether to
+re-embed it. A database written by an older writer (format 1: ``key UNIQUE``, no ``fingerprint``/``removed``) is
+read as is (every item live); the first writer that opens it migrates the table in one transaction.
 """
 
 from __future__ import annotations
@@ -56,7 +67,8 @@ __all__ = [
 ]
 
 FORMAT = "hysac-index"
-FORMAT_VERSION = 1
+#: 2: items.fingerprint / items.removed (tombstones), key unique among live items only (format 1 is read as is)
+FORMAT_VERSION = 2
 INDEX_JSON = "index.json"
 DB_FILE = "items.sqlite"
 EMB_DIR = "embeddings"
@@ -64,19 +76,31 @@ ERRORS_FILE = "errors.jsonl"
 STAGING_DIR = "staging"
 LOCK_FILE = ".lock"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
+ITEMS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id          INTEGER PRIMARY KEY,
-    key         TEXT    NOT NULL UNIQUE,
+    key         TEXT    NOT NULL,
     modality    TEXT    NOT NULL,
     content     TEXT    NOT NULL,
     score       REAL    NOT NULL,
     unsafe      INTEGER NOT NULL,
     categories  TEXT,
     metadata    TEXT    NOT NULL,
-    source      INTEGER
+    source      INTEGER,
+    fingerprint TEXT,
+    removed     TEXT
 );
+"""
+
+#: the columns every items table has (format 1 and 2)
+ITEM_COLUMNS = ("id", "key", "modality", "content", "score", "unsafe", "categories", "metadata", "source")
+
+ITEMS_INDEXES = """
 CREATE INDEX IF NOT EXISTS items_by_modality ON items(modality, id);
+CREATE UNIQUE INDEX IF NOT EXISTS items_live_key ON items(key) WHERE removed IS NULL;
+"""
+
+SCHEMA = ITEMS_TABLE.format(name="items") + """
 CREATE TABLE IF NOT EXISTS shards (
     seq    INTEGER PRIMARY KEY,
     file   TEXT    NOT NULL UNIQUE,
@@ -118,7 +142,8 @@ SHARD_CHECKS = ("sha256", "fingerprint")
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """The writer's connection (creates the schema, adds the integrity columns to an older ``shards`` table)."""
+    """The writer's connection (creates the schema, adds the integrity columns to an older ``shards`` table and
+    migrates an older ``items`` table to format 2)."""
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -127,7 +152,32 @@ def connect(path: Path) -> sqlite3.Connection:
     for col in SHARD_CHECKS:
         if col not in have:
             conn.execute(f"ALTER TABLE shards ADD COLUMN {col} TEXT")
+    if "removed" not in {r[1] for r in conn.execute("PRAGMA table_info(items)")}:
+        migrate_items(conn)
+    conn.executescript(ITEMS_INDEXES)
     return conn
+
+
+def migrate_items(conn: sqlite3.Connection) -> None:
+    """Rebuild a format-1 ``items`` table (``key UNIQUE``, no fingerprint/removed columns) as format 2, in one
+    transaction: a crash leaves either the old table or the new one, never a mix. Ids and rows are copied as is."""
+    cols = ", ".join(ITEM_COLUMNS)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DROP TABLE IF EXISTS items_v2")
+        conn.execute(ITEMS_TABLE.format(name="items_v2"))
+        conn.execute(f"INSERT INTO items_v2({cols}) SELECT {cols} FROM items ORDER BY id")
+        conn.execute("DROP TABLE items")
+        conn.execute("ALTER TABLE items_v2 RENAME TO items")
+        for stmt in ITEMS_INDEXES.strip().splitlines():  # (executescript would commit: one statement at a time)
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -248,13 +298,24 @@ class IndexStore:
         self.info = self.read_info(self.root)
         db = self.root / DB_FILE
         if writable:
-            if not db.is_file() and int((self.info.get("counts") or {}).get("total", 0) or 0) > 0:
+            recorded = int((self.info.get("counts") or {}).get("total", 0) or 0) + int(self.info.get("removed") or 0)
+            if not db.is_file() and recorded > 0:
                 raise InputError(f"index database {db} is missing but {INDEX_JSON} records "
-                                 f"{self.info['counts']['total']} items: the index is damaged (rebuild it)")
+                                 f"{recorded} items: the index is damaged (rebuild it)")
             self.conn = connect(db)
         else:
             self.conn = connect_readonly(db)
         self._emb: EmbeddingReader | None = None
+        try:
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(items)")}
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise InputError(f"index database {db} cannot be read: {' '.join(str(e).split())}") from None
+        #: format 2 (tombstones, fingerprints); False for a database of an older writer opened read-only
+        self.tracks_removal = "removed" in cols
+        self.has_fingerprints = "fingerprint" in cols
+        #: SQL condition selecting the live items (every item of a format-1 database is live)
+        self.live_sql = "removed IS NULL" if self.tracks_removal else "1"
         self.check_consistency()
 
     def check_consistency(self) -> None:
@@ -342,13 +403,26 @@ class IndexStore:
 
     # -- rows -----------------------------------------------------------------------------------------------------
     def count(self, modality: str | None = None) -> int:
+        """Stored items (the id space ``0..N-1``: live and removed ones)."""
         if modality is None:
             return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
         return int(self.conn.execute("SELECT COUNT(*) FROM items WHERE modality=?", (modality,)).fetchone()[0])
 
+    def live_count(self) -> int:
+        """Items search can return (stored minus removed)."""
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM items WHERE {self.live_sql}").fetchone()[0])
+
+    def removed_count(self) -> int:
+        """Items removed by a sync (tombstoned: kept on disk, never returned)."""
+        if not self.tracks_removal:
+            return 0
+        return int(self.conn.execute("SELECT COUNT(*) FROM items WHERE removed IS NOT NULL").fetchone()[0])
+
     def counts(self) -> dict[str, int]:
+        """Live items, in total and per modality (removed ones: :meth:`removed_count`)."""
         out = {"total": 0, "text": 0, "image": 0}
-        for mod, n in self.conn.execute("SELECT modality, COUNT(*) FROM items GROUP BY modality"):
+        q = f"SELECT modality, COUNT(*) FROM items WHERE {self.live_sql} GROUP BY modality"
+        for mod, n in self.conn.execute(q):
             out[str(mod)] = int(n)
             out["total"] += int(n)
         return out
@@ -357,18 +431,54 @@ class IndexStore:
         return int(self.conn.execute("SELECT COUNT(*) FROM errors").fetchone()[0])
 
     def existing_keys(self, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` already committed."""
+        """The subset of ``keys`` committed and live."""
+        return set(self.live_by_keys(keys))
+
+    def live_by_keys(self, keys: Iterable[str]) -> dict[str, tuple[int, str, str, str | None, int | None]]:
+        """The live items with one of ``keys``: key → ``(id, modality, content, fingerprint, source)``
+        (fingerprint ``None``: recorded by an older writer)."""
         keys = list(keys)
-        found: set[str] = set()
+        fp = "fingerprint" if self.has_fingerprints else "NULL"
+        found: dict[str, tuple[int, str, str, str | None, int | None]] = {}
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
-            q = "SELECT key FROM items WHERE key IN (%s)" % ",".join("?" * len(part))
-            found.update(r[0] for r in self.conn.execute(q, part))
+            q = (f"SELECT key, id, modality, content, {fp}, source FROM items WHERE key IN (%s) AND {self.live_sql}"
+                 % ",".join("?" * len(part)))
+            for r in self.conn.execute(q, part):
+                found[r[0]] = (int(r[1]), r[2], r[3], r[4], r[5])
         return found
 
-    def ids_of(self, modality: str) -> np.ndarray:
-        rows = self.conn.execute("SELECT id FROM items WHERE modality=? ORDER BY id", (modality,)).fetchall()
+    def live_of_sources(self, source_ids: Sequence[int], *, lean: bool = False
+                        ) -> list[tuple[int, str, str, str, str | None, int | None]]:
+        """Live items committed by the given source runs: ``(id, key, modality, content, fingerprint, source)``.
+        ``lean``: the content of a text with a recorded fingerprint is left out ("", what a sync needs)."""
+        ids = [int(i) for i in source_ids]
+        fp = "fingerprint" if self.has_fingerprints else "NULL"
+        content = (f"CASE WHEN modality = 'text' AND {fp} IS NOT NULL THEN '' ELSE content END" if lean
+                   else "content")
+        out = []
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            q = (f"SELECT id, key, modality, {content}, {fp}, source FROM items WHERE source IN (%s) "
+                 f"AND {self.live_sql} ORDER BY id" % ",".join("?" * len(part)))
+            out += [(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in self.conn.execute(q, part)]
+        return out
+
+    def ids_of(self, modality: str, live_only: bool = False) -> np.ndarray:
+        """Ids of the items of ``modality``, ascending: all stored ones (the FAISS files hold removed items too;
+        search drops them), or with ``live_only`` the live ones."""
+        live = f" AND {self.live_sql}" if live_only else ""
+        rows = self.conn.execute(f"SELECT id FROM items WHERE modality=?{live} ORDER BY id", (modality,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def live_mask(self) -> np.ndarray:
+        """(N,) bool indexed by item id: True for a live item, False for a removed one."""
+        mask = np.ones(self.count(), dtype=bool)
+        if self.tracks_removal:
+            rows = self.conn.execute("SELECT id FROM items WHERE removed IS NOT NULL").fetchall()
+            if rows:
+                mask[np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))] = False
+        return mask
 
     def scores_modalities(self) -> tuple[np.ndarray, np.ndarray]:
         """(N,) float64 scores and (N,) int8 modality codes (0 text, 1 image), indexed by item id."""
@@ -455,6 +565,11 @@ class IndexStore:
             self.check_consistency()
         except InputError as e:
             return [str(e)]
+        if self.tracks_removal:
+            twice = self.conn.execute("SELECT COUNT(*) FROM (SELECT key FROM items WHERE removed IS NULL GROUP BY key "
+                                      "HAVING COUNT(*) > 1)").fetchone()[0]
+            if twice:
+                problems.append(f"index database {self.root / DB_FILE} is damaged: {twice} key(s) live more than once")
         checks = self.shard_checks()
         bar = None
         if progress:
@@ -496,9 +611,11 @@ class IndexStore:
         return problems
 
     def summary(self) -> dict[str, Any]:
-        """index.json content refreshed from the database (what ``hysac index info`` prints)."""
+        """index.json content refreshed from the database (what ``hysac index info`` prints): ``counts`` are the
+        live items, ``removed`` the items removed by a sync (stored, never returned)."""
         info = dict(self.info)
         info["counts"] = self.counts()
+        info["removed"] = self.removed_count()
         info["errors"] = self.error_count()
         info["sources"] = self.sources()
         return info

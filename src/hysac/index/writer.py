@@ -5,10 +5,14 @@ so a ``kill -9`` never leaves a stale lock), removes what a killed run left behi
 temporary files, staging parts) and then
 
 * :meth:`IndexWriter.commit` — for one :class:`~hysac.index.mapper.EncodedBatch`: drop keys already committed,
-  write ``embeddings/shard-<seq>.npy`` (temp name → fsync → rename), then in **one** SQLite transaction insert the
-  item rows (ids continuing ``0..N-1``), the shard row and the batch's errors (and clear the errors of keys that
-  now succeeded). A kill before the COMMIT leaves an orphan shard file and no rows; a rerun skips every committed
-  key, so the final item count is the same and no key appears twice (``key`` is UNIQUE in the schema).
+  write ``embeddings/shard-<seq>.npy`` (temp name → fsync → rename), then in **one** SQLite transaction tombstone
+  the old versions the batch replaces (during a sync), insert the item rows (ids continuing ``0..N-1``), the shard
+  row and the batch's errors (and clear the errors of keys that now succeeded). A kill before the COMMIT leaves an
+  orphan shard file and no rows; a rerun skips every committed key, so the final item count is the same and no key
+  is live twice (a UNIQUE index on the live keys).
+* :meth:`IndexWriter.begin_sync` / :meth:`IndexWriter.filter_new` / :meth:`IndexWriter.finish_sync` — the run
+  over one source keeps the index in line with it (:mod:`~hysac.index.sync`: unchanged items kept, changed ones
+  re-encoded, moved table rows renamed in place, vanished ones removed).
 * :meth:`IndexWriter.finalize` — compact small shards, bring the FAISS files up to date (incrementally when the
   existing file is a prefix of the items), rewrite ``errors.jsonl`` and ``index.json``.
 """
@@ -39,6 +43,7 @@ from .ann import (
 )
 from .mapper import EncodedBatch, ItemError
 from .reader import Item, Source
+from .sync import DONE, KEEP, RENAME, SyncPlan, pair_signature, plan_sync
 from .store import (
     EMB_DIR,
     ERRORS_FILE,
@@ -80,6 +85,13 @@ def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
 def _hysac_version() -> str:
     try:
         from importlib.metadata import version
@@ -97,7 +109,12 @@ class IndexWriter:
         self.root = store.root
         self._lock_fd = lock_fd
         self.conn = store.conn
+        #: the sync of the source being run (:meth:`begin_sync`), None outside a run
+        self.sync: SyncPlan | None = None
         self._cleanup()
+        if int(store.info.get("format_version", 0)) < FORMAT_VERSION:  # the database was just migrated
+            store.info["format_version"] = FORMAT_VERSION
+            write_json_atomic(self.root / INDEX_JSON, store.info)
 
     # -- opening ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -212,23 +229,131 @@ class IndexWriter:
         self.conn.execute("UPDATE sources SET finished=? WHERE id=?", (utcnow(), source_id))
 
     def filter_new(self, items: list[Item]) -> list[Item]:
-        """Items whose key is not committed yet (and first occurrence only within ``items``)."""
-        done = self.store.existing_keys(it.key for it in items)
-        seen: set[str] = set()
-        out = []
+        """The items to encode: without a sync, those whose key is not live yet (first occurrence only within
+        ``items``); during a sync (:meth:`begin_sync`), those the plan says to encode — new or changed — after
+        renaming in place the moved rows of ``items`` (one transaction)."""
+        plan = self.sync
+        if plan is None:
+            done = self.store.existing_keys(it.key for it in items)
+            seen: set[str] = set()
+            out = []
+            for it in items:
+                if it.key in done or it.key in seen:
+                    continue
+                seen.add(it.key)
+                out.append(it)
+            return out
+        out, renames, unplanned = [], [], []
         for it in items:
-            if it.key in done or it.key in seen:
+            d = plan.decisions.get(it.key)
+            if d is None:  # appeared in the source after the plan was made
+                unplanned.append(it)
                 continue
-            seen.add(it.key)
+            if d in (KEEP, DONE):
+                continue
+            plan.decisions[it.key] = DONE
+            if d == RENAME:
+                oid, sig = plan.renames.pop(it.key)
+                if pair_signature(it.modality, it.content, it.fingerprint) == sig:
+                    renames.append((oid, it))
+                    continue
             out.append(it)
+        if unplanned:
+            live = self.store.existing_keys(it.key for it in unplanned)
+            for it in unplanned:
+                if it.key not in live and plan.decisions.get(it.key) != DONE:
+                    out.append(it)
+                plan.decisions[it.key] = DONE
+        if renames:
+            out += self._rename(renames)
         return out
+
+    # -- sync ---------------------------------------------------------------------------------------------------
+    def begin_sync(self, source: Source, source_id: int | None) -> SyncPlan:
+        """Plan the sync of ``source`` (read once, nothing encoded); :meth:`filter_new` and :meth:`commit` then
+        follow the plan, and :meth:`finish_sync` removes what left the source."""
+        self.sync = plan_sync(self.store, source, source_id)
+        self.sync.unchanged = sum(1 for d in self.sync.decisions.values() if d == KEEP)
+        return self.sync
+
+    def _rename(self, renames: list[tuple[int, Item]]) -> list[Item]:
+        """Give live items the key/metadata of a moved source row (same content: nothing re-encoded), in one
+        transaction. Returns the items whose target was no longer live (to encode instead)."""
+        plan = self.sync
+        done: list[int] = []
+        missed: list[Item] = []
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for oid, it in renames:
+                cur = self.conn.execute(
+                    "UPDATE items SET key=?, content=?, metadata=?, fingerprint=? WHERE id=? AND removed IS NULL",
+                    (it.key, it.content, json.dumps(it.metadata, ensure_ascii=False, default=str),
+                     it.fingerprint or None, oid),
+                )
+                if cur.rowcount == 1:
+                    done.append(oid)
+                else:
+                    missed.append(it)
+            self.conn.executemany("DELETE FROM errors WHERE key=?", [(it.key,) for _, it in renames])
+            self.conn.execute("COMMIT")
+        except BaseException:
+            _rollback(self.conn)
+            raise
+        if plan is not None:
+            plan.renamed_ids.update(done)
+            plan.unchanged += len(done)
+        return missed
+
+    def _tombstone(self, ids: list[int], now: str) -> int:
+        """Mark live items removed (inside the caller's transaction); returns how many were live."""
+        n = 0
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            cur = self.conn.execute("UPDATE items SET removed=? WHERE removed IS NULL AND id IN (%s)"
+                                    % ",".join("?" * len(part)), (now, *part))
+            n += max(cur.rowcount, 0)
+        return n
+
+    def finish_sync(self) -> SyncPlan | None:
+        """End the sync: in one transaction, remove the live items whose key left the source (unless renamed),
+        record the fingerprints of the unchanged older items and drop the source's error rows of keys that left
+        it. Returns the finished plan (its counters: unchanged, updated, removed)."""
+        plan = self.sync
+        if plan is None:
+            return None
+        gone = sorted(plan.gone - plan.renamed_ids)
+        now = utcnow()
+        stale: list[str] = []
+        if plan.scope:
+            q = "SELECT key FROM errors WHERE source IN (%s)" % ",".join("?" * len(plan.scope))
+            stale = [r[0] for r in self.conn.execute(q, plan.scope) if r[0] not in plan.decisions]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            removed = self._tombstone(gone, now)
+            self.conn.executemany("UPDATE items SET fingerprint=? WHERE id=? AND fingerprint IS NULL",
+                                  [(fp, oid) for oid, fp in plan.adopt.items()])
+            self.conn.executemany("DELETE FROM errors WHERE key=?", [(k,) for k in stale])
+            self.conn.execute("COMMIT")
+        except BaseException:
+            _rollback(self.conn)
+            raise
+        plan.removed += removed
+        self.sync = None
+        return plan
 
     # -- commit -------------------------------------------------------------------------------------------------
     def commit(self, batch: EncodedBatch, source_id: int | None = None) -> int:
         """Commit one encoded batch atomically; returns the number of new items."""
         keep: list[int] = []
+        plan = self.sync
+        #: key → live item this batch replaces (tombstoned in the same transaction), during a sync
+        replacing: dict[str, int] = {}
+        if plan is not None and plan.replace:
+            for key in [it.key for it in batch.items] + [e.key for e in batch.errors]:
+                if key in plan.replace:
+                    replacing[key] = plan.replace[key]
         if batch.items:
-            done = self.store.existing_keys(it.key for it in batch.items)
+            done = self.store.existing_keys(it.key for it in batch.items) - set(replacing)
             seen: set[str] = set()
             keep = []
             for i, it in enumerate(batch.items):
@@ -249,6 +374,8 @@ class IndexWriter:
             shard_sums = (file_sha256(self.root / EMB_DIR / shard_name), rows_fingerprint(emb))
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            if replacing:
+                self._tombstone(sorted(set(replacing.values())), now)
             if items:
                 start = int(self.conn.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM items").fetchone()[0])
                 rows = []
@@ -259,10 +386,11 @@ class IndexWriter:
                         start + j, it.key, it.modality, it.content, float(batch.scores[i]), int(bool(batch.unsafe[i])),
                         json.dumps(c) if c is not None else None,
                         json.dumps(it.metadata, ensure_ascii=False, default=str), source_id,
+                        it.fingerprint or None,
                     ))
                 self.conn.executemany(
-                    "INSERT INTO items(id, key, modality, content, score, unsafe, categories, metadata, source) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO items(id, key, modality, content, score, unsafe, categories, metadata, source, "
+                    "fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
                 self.conn.execute("INSERT INTO shards(seq, file, start, count, sha256, fingerprint) "
@@ -283,6 +411,14 @@ class IndexWriter:
             if shard_name is not None:
                 (self.root / EMB_DIR / shard_name).unlink(missing_ok=True)
             raise
+        if replacing and plan is not None:
+            committed = {it.key for it in items}
+            for key in replacing:
+                plan.replace.pop(key, None)
+                if key in committed:
+                    plan.updated += 1
+                else:  # the new version failed: the old one is gone all the same (the source no longer has it)
+                    plan.removed += 1
         if batch.errors:
             self._append_errors(batch.errors, now)
         return len(items)
@@ -407,6 +543,7 @@ class IndexWriter:
     def _write_info(self, faiss_entry: dict | None = None) -> dict[str, Any]:
         info = self.store.info
         info["counts"] = self.store.counts()
+        info["removed"] = self.store.removed_count()
         info["errors"] = self.store.error_count()
         info["sources"] = self.store.sources()
         if faiss_entry is not None:
