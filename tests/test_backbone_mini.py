@@ -645,3 +645,30 @@ def test_lora_round_trip_and_merge(lora_bb, tmp_path):
 def test_lora_bad_config_rejected(lora):
     with pytest.raises(InputError):
         MiniBackbone(text_lora=lora)
+
+
+def test_polar_head_keeps_directions_and_learns_only_the_length():
+    """The polar head's output direction is the input's (identity when the widths match, an isometry otherwise):
+    cosines between outputs equal cosines between inputs on random inputs, lengths are positive, and a gradient
+    reaches only the radial MLP."""
+    from hysac.backbones.mini import PolarHead
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 384)
+    cos_in = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(x, dim=-1).T
+    for out_dim in (384, 256, 512):
+        head = PolarHead(384, out_dim, hidden=32, dropout=0.0, layernorm=True)
+        y = head(x)
+        assert y.shape == (16, out_dim)
+        r = y.norm(dim=-1)
+        assert (r > 0).all()
+        cos_out = (y / r[:, None]) @ (y / r[:, None]).T
+        if out_dim >= 384:  # orthonormal columns: every angle kept exactly
+            torch.testing.assert_close(cos_out, cos_in, atol=1e-5, rtol=0)
+        else:  # a 256-d orthonormal projection of 384-d inputs keeps angles approximately (Johnson–Lindenstrauss)
+            assert (cos_out - cos_in).abs().mean() < 0.1
+        y.norm(dim=-1).sum().backward()
+        assert all(p.grad is not None for p in head.radial.parameters())
+        assert not any(b.requires_grad for b in head.buffers())
+    with pytest.raises(InputError, match="head_anchor"):
+        build_backbone({"kind": "mini", "head": "polar", "head_anchor": True})

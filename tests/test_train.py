@@ -244,6 +244,43 @@ def test_class_photo_term_on_the_mini_conse_backbone(tmp_path):
     assert m.backbone.config()["conse_space"] == "head" and "image" in m.bounds.thresholds
 
 
+def test_polar_head_with_semantic_anchor_keeps_the_frozen_directions(tmp_path):
+    """Polar text head + LoRA-tuned text tower + ``loss.semantic_anchor``: the term is logged, it is 0 before the
+    first update (LoRA starts as the identity), the tuned directions stay close to the frozen tower's, and the
+    exported model reloads with its polar head and radius offset."""
+    import torch.nn.functional as F
+
+    from hysac.backbones.mini import MiniBackbone
+
+    cfg = load_config(None, [f"out_dir={tmp_path / 'p'}", "data.max_per_source=12", "data.openmoji_size=28",
+                             f"data.cache_dir={tmp_path / 'cache'}", f"data.emoji_codepoints={json.dumps(EMOJI)}",
+                             "optim.epochs=1", "optim.warmup_steps=1", "name=tiny-polar", "loss.semantic_anchor=10"])
+    cfg["backbone"] = {"kind": "mini", "embed_dim": 384, "head": "polar", "head_hidden": 32, "polar_base": 4.0,
+                       "image_bridge": "conse", "text_lora": {"r": 2, "alpha": 4, "dropout": 0.0, "layers": 1}}
+    cfg["data"]["corpus"] = {}
+    cfg["data"]["batch"] = {"unsafe_text": 6, "safe_text": 6, "safe_image": 4, "unsafe_image": 2}
+    run_training(cfg)
+    log = [json.loads(line) for line in (tmp_path / "p" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert steps and all("semantic_anchor" in r for r in steps)
+    assert steps[0]["semantic_anchor"] < 1e-6
+    m = HySAC.from_pretrained(tmp_path / "p" / "model")
+    cfg_bb = m.backbone.config()
+    assert cfg_bb["head"] == "polar" and cfg_bb["polar_base"] == 4.0
+    texts = ["a cat asleep on a sofa", "a man stabbing another man", "how do I bake bread"]
+    frozen = MiniBackbone().eval()
+    tok = frozen.tokenize(texts)
+    with torch.no_grad():
+        ref = frozen.text_base_features(tok["input_ids"], tok["attention_mask"])
+        tuned = m.encode_text(texts, project=False)
+    assert (F.cosine_similarity(tuned, ref, dim=-1) > 0.95).all()
+    with pytest.raises(InputError, match="polar"):
+        bad = json.loads(json.dumps(cfg))
+        bad["backbone"]["head"] = "mlp"
+        bad["out_dir"] = str(tmp_path / "bad")
+        run_training(bad)
+
+
 def test_parity_config_has_the_official_settings_and_the_modern_one_says_what_differs():
     """The official training code's settings (spec §4.3), next to the clearly labelled modern recipe."""
     from pathlib import Path

@@ -70,7 +70,7 @@ PIXEL_STD_255 = 128.0
 IMAGE_MEAN = (PIXEL_MEAN_255 / 255.0,) * 3
 IMAGE_STD = (PIXEL_STD_255 / 255.0,) * 3
 
-HEAD_TYPES = ("linear", "mlp")
+HEAD_TYPES = ("linear", "mlp", "polar")
 IMAGE_BRIDGES = ("none", "conse")
 CONSE_SPACES = ("text", "head")
 #: simulated photos of a class (:meth:`MiniBackbone.class_photo_features`): logit scale range and noise, chosen so
@@ -104,6 +104,7 @@ _DEFAULTS: dict[str, Any] = {
     "conse_space": "text",
     "conse_train_head": True,
     "head_anchor": False,
+    "polar_base": 0.0,
     "text_lora": None,
     "seed": 0,
 }
@@ -216,14 +217,54 @@ class AnchoredHead(nn.Module):
         return nn.functional.linear(nn.functional.normalize(x, dim=-1), self.anchor.to(x.dtype)) + self.head(x)
 
 
+class PolarHead(nn.Module):
+    """``x (B,in) → r(x) · normalize(A x) (B,out)``: a tangent vector whose *direction* is the tower's own feature
+    direction (``A`` the identity when ``in == out``, else a fixed seeded orthonormal projection) and whose *length*
+    is learned: ``r(x) = softplus(mlp(x))``, a scalar per input.
+
+    The hyperbolic lift keeps directions, so the angle between two lifted points is the angle the pretrained tower
+    puts between them: what it knows about content (retrieval, "a photo of a cat" next to a cat photo through the
+    ConSE bridge) cannot be trained away, and only the distance from the origin — the safety score — is learned.
+    Redirecting a query (a move along its geodesic toward the origin) then keeps its topic by construction."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float, layernorm: bool,
+                 base: float = 0.0) -> None:
+        super().__init__()
+        self.base = float(base)
+        self.radial = _make_head(in_dim, 1, "mlp", hidden, dropout, layernorm)
+        if in_dim == out_dim:
+            self.register_buffer("direction", torch.empty(0))
+        else:
+            # (out, in): orthonormal columns when widening (an isometry), orthonormal rows when narrowing
+            q, _ = torch.linalg.qr(torch.randn(max(in_dim, out_dim), min(in_dim, out_dim)))
+            self.register_buffer("direction", (q if out_dim > in_dim else q.T).contiguous())
+
+    def extra_repr(self) -> str:
+        return f"base={self.base}"
+
+    def directions(self, x: Tensor) -> Tensor:
+        """(B,in) → (B,out) unit vectors: the direction :meth:`forward` gives ``x`` (the length aside)."""
+        d = x.float() if not self.direction.numel() else nn.functional.linear(x.float(), self.direction.float())
+        return nn.functional.normalize(d, dim=-1, eps=1e-8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.base + nn.functional.softplus(self.radial(x).float())  # (B,1) > 0
+        return r * self.directions(x)
+
+
 def make_heads(embed_dim: int, head: str = "linear", head_hidden: int = 512, head_dropout: float = 0.0,
-               head_layernorm: bool = True, seed: int = 0, text_anchor: bool = False) -> tuple[nn.Module, nn.Module]:
+               head_layernorm: bool = True, seed: int = 0, text_anchor: bool = False,
+               polar_base: float = 0.0) -> tuple[nn.Module, nn.Module]:
     """(text head 384→embed_dim, image head 1280→embed_dim), initialised from ``seed`` alone: the global torch RNG
     is neither used nor advanced. ``text_anchor`` makes the text head an :class:`AnchoredHead`."""
     if head not in HEAD_TYPES:
         raise InputError(f"mini backbone: head must be one of {HEAD_TYPES}, got {head!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if head == "polar":
+            text = PolarHead(TEXT_BASE_DIM, embed_dim, head_hidden, head_dropout, head_layernorm, polar_base)
+            image = PolarHead(IMAGE_BASE_DIM, embed_dim, head_hidden, head_dropout, head_layernorm, polar_base)
+            return text, image
         text = _make_head(TEXT_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
         image = _make_head(IMAGE_BASE_DIM, embed_dim, head, head_hidden, head_dropout, head_layernorm)
         if text_anchor:
@@ -347,6 +388,7 @@ class MiniBackbone(Backbone):
         conse_space: str = _DEFAULTS["conse_space"],
         conse_train_head: bool = _DEFAULTS["conse_train_head"],
         head_anchor: bool = _DEFAULTS["head_anchor"],
+        polar_base: float = _DEFAULTS["polar_base"],
         text_lora: Mapping[str, Any] | None = _DEFAULTS["text_lora"],
         seed: int = _DEFAULTS["seed"],
     ) -> None:
@@ -385,6 +427,15 @@ class MiniBackbone(Backbone):
             raise InputError("mini backbone: use text_lora or unfreeze_text_layers, not both")
         if not isinstance(head_anchor, (bool, np.bool_)):
             raise InputError(f"mini backbone: head_anchor must be true or false, got {head_anchor!r}")
+        try:
+            polar_base = float(polar_base)
+        except (TypeError, ValueError):
+            raise InputError(f"mini backbone: polar_base must be a number, got {polar_base!r}") from None
+        if not (math.isfinite(polar_base) and polar_base >= 0):
+            raise InputError(f"mini backbone: polar_base must be a finite number >= 0, got {polar_base}")
+        if head == "polar" and head_anchor:
+            raise InputError("mini backbone: head_anchor applies to the mlp/linear heads; a polar head keeps the "
+                             "tower's directions already")
         if conse_space not in CONSE_SPACES:
             raise InputError(f"mini backbone: conse_space must be one of {CONSE_SPACES}, got {conse_space!r}")
         if image_bridge == "conse" and unfreeze_image_blocks:
@@ -405,6 +456,7 @@ class MiniBackbone(Backbone):
         self.conse_space = conse_space
         self.conse_train_head = bool(conse_train_head)
         self.head_anchor = bool(head_anchor)
+        self.polar_base = polar_base
         self.text_lora = text_lora
         self._lora_merged = False
         self.seed = seed
@@ -425,7 +477,7 @@ class MiniBackbone(Backbone):
 
         # --- heads, seeded without disturbing the caller's RNG
         self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
-                                                     self.head_layernorm, seed, self.head_anchor)
+                                                     self.head_layernorm, seed, self.head_anchor, polar_base)
         if image_bridge == "conse":
             # images share the text head; the bridge holds no trainable parameter
             self.image_head = ConseBridge(conse_top_k, conse_temperature)
@@ -452,6 +504,7 @@ class MiniBackbone(Backbone):
             "conse_space": self.conse_space,
             "conse_train_head": self.conse_train_head,
             "head_anchor": self.head_anchor,
+            "polar_base": self.polar_base,
             "text_lora": dict(self.text_lora) if self.text_lora else None,
             "seed": self.seed,
             **_FIXED,

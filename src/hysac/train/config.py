@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "scale": 1.0,  # factor on the whole loss (the official code's is 1/7 of ours: it divides by the term count)
         "gather_negatives": True,  # several processes: the others' rows join the contrastive terms as negatives
         "class_photos": 0.0,
+        # with a polar text head and a tuned text tower: weight of 1 - cos(tuned direction, frozen direction) on
+        # the batch's texts, so tuning for safety does not move what the pretrained tower says a text is about
+        "semantic_anchor": 0.0,
         "class_photos_batch": 64,
         "safeclip": {},  # SafeCLIPLossWeights overrides
     },

@@ -360,6 +360,7 @@ class Trainer:
         self.prompts, self.prompt_owner, self.prompt_eval = class_prompts(names or [])
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
                                self._text_memo, loader_workers=int(workers), prompts=self.prompts)
+        self.anchor_dirs = self._anchor_directions(float(cfg["loss"].get("semantic_anchor") or 0.0))
         if len(self._text_memo) > n_memo:  # texts encoded for pairing and for the feature cache
             self._save_text_memo(cache_dir)
         self._text_memo = {}
@@ -549,6 +550,10 @@ class Trainer:
                                      log_space=bool(cfg_l.get("order_log_space", False)))
             logs["class_order"] = float(order.detach())
             parts.append(w_order * order)
+        if self.anchor_dirs is not None:
+            anchor = self._anchor_loss(batch["rows"], feats, masks)
+            logs["semantic_anchor"] = float(anchor.detach())
+            parts.append(float(cfg_l["semantic_anchor"]) * anchor)
         if self.class_photos > 0 and self.prompts:
             cp = self._class_photo_loss(int(cfg_l.get("class_photos_batch", 64)))
             logs["class_photos"] = float(cp.detach())
@@ -571,6 +576,29 @@ class Trainer:
                 logs["category"] = float(cl.detach())
                 parts.append(w_cat * cl)
         return float(cfg_l.get("scale", 1.0)) * sum(parts), logs
+
+    def _anchor_directions(self, weight: float) -> Tensor | None:
+        """``loss.semantic_anchor``: (N, embed_dim) unit directions the polar text head gives the corpus texts'
+        *frozen* tower features (the untuned tower; computed once), or ``None`` when the term is off."""
+        if weight <= 0:
+            return None
+        from ..backbones.mini import PolarHead
+
+        head = getattr(self.model.backbone, "text_head", None)
+        if not isinstance(head, PolarHead):
+            raise InputError("loss.semantic_anchor needs a polar text head (backbone.head: polar)")
+        frozen = frozen_text_space(self.model.backbone, self.data.texts, self.device, self._text_memo)
+        with torch.no_grad():
+            return head.directions(torch.from_numpy(frozen).to(self.device)).cpu()
+
+    def _anchor_loss(self, rows: Tensor, feats: dict[str, Tensor], masks: dict[str, Tensor]) -> Tensor:
+        """Mean ``1 - cos`` between the batch texts' tuned directions and their frozen ones."""
+        cos = []
+        for k, col in (("T", 0), ("Ts", 2)):
+            m = masks[f"has_{k}"]
+            idx = rows[:, col][m.cpu()]
+            cos.append(F.cosine_similarity(feats[k][m].float(), self.anchor_dirs[idx].to(self.device), dim=-1))
+        return (1 - torch.cat(cos)).mean()
 
     def _class_photo_loss(self, n: int) -> Tensor:
         """Hyperbolic InfoNCE between ``n`` random object classes' prompts (one random template / synonym each) and
@@ -1054,7 +1082,7 @@ def class_prompts(names: list[list[str]]) -> tuple[list[str], list[int], list[in
 
 def _tower_key(key: str) -> bool:
     """Backbone config keys that change the frozen towers' base features (heads and image bridges do not)."""
-    return "head" not in key and "conse" not in key and key not in ("seed", "image_bridge")
+    return "head" not in key and "conse" not in key and key not in ("seed", "image_bridge", "polar_base")
 
 
 def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str) -> float:
