@@ -162,6 +162,61 @@ def test_connections_without_headers_or_body_are_closed(env, caplog):
             s.close()
 
 
+def test_many_half_open_connections_are_closed_and_health_keeps_answering(env):
+    """300 connections to 127.0.0.1 that never finish a request (half send nothing, half an unfinished request
+    head) are all closed by the server after its header timeout, while GET /health on fresh connections keeps
+    being answered. Bounded: gives up after 20 s (benchmarks/bench_request_cost.py runs 1000 with the default
+    10 s timeout)."""
+    import selectors
+
+    model, index = env
+    n, header_timeout, give_up = 300, 1.0, 20.0
+    app = create_app(model, index, warmup=False)
+    with serve_in_thread(app, http=timeout_protocol(header_timeout=header_timeout, body_timeout=1.0)) as url:
+        host, port = url.rsplit("//", 1)[1].split(":")
+        assert host == "127.0.0.1"
+        sel = selectors.DefaultSelector()
+        for i in range(n):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            if i % 2:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow")
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+        t0 = time.monotonic()
+        closed: dict[int, float] = {}
+        health: list[int] = []
+        next_health = t0
+        try:
+            while len(closed) < n and time.monotonic() - t0 < give_up:
+                for key, _ in sel.select(timeout=0.05):
+                    try:
+                        data = key.fileobj.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    assert data == b"", f"connection {key.data} got an answer instead of being closed: {data[:80]!r}"
+                    closed[key.data] = time.monotonic() - t0
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                if time.monotonic() >= next_health:
+                    ok = socket.create_connection((host, int(port)), timeout=5)
+                    ok.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := ok.recv(65536):
+                        data += chunk
+                    ok.close()
+                    health.append(int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else -1)
+                    next_health = time.monotonic() + 0.25
+        finally:
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()
+            sel.close()
+    assert len(closed) == n, f"{n - len(closed)} of {n} connections still open after {give_up} s"
+    assert max(closed.values()) < header_timeout + 5.0
+    assert health and all(h == 200 for h in health), health
+
+
 def test_client_gone_mid_body_is_not_an_internal_error(env, caplog):
     model, index = env
     app = create_app(model, index, warmup=False)

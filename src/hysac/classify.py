@@ -14,6 +14,7 @@ import torch
 
 from .errors import InputError
 from .images import load_image
+from .inputs import MAX_TEXT_CHARS, text_problem
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only (the index CLI reads query files without the model)
     from .model import HySAC
@@ -45,19 +46,37 @@ class Classification:
         return out
 
 
-def read_text_lines(path: str | Path) -> list[tuple[str, str | None]]:
-    """Read one input per line. Returns (text or raw repr, error or None) per line; bad lines get an error."""
+def read_text_lines(path: str | Path, max_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str | None]]:
+    """Read one input per line. Returns (text or raw repr, error or None) per line; bad lines get an error naming
+    ``file:line``: empty, not UTF-8, longer than ``max_chars`` or with a control character
+    (:func:`hysac.inputs.text_problem`, what ``--text`` and the service refuse too). A file that is UTF-16 (it
+    starts with a byte-order mark) is refused as a whole."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"text file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read text file {path}: {e.strerror or e}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"text file {path} is UTF-16 (it starts with a byte-order mark); save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of the first text
+        data = data[3:]
     out: list[tuple[str, str | None]] = []
-    for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for i, raw in enumerate(data.splitlines(), start=1):
         try:
             line = raw.decode("utf-8").strip()
         except UnicodeDecodeError as e:
             out.append((repr(raw[:60]), f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})"))
             continue
-        out.append((line, None if line else f"{path}:{i}: empty line"))
+        if not line:
+            out.append((line, f"{path}:{i}: empty line"))
+            continue
+        problem = text_problem(line, max_chars)
+        if problem is not None:
+            out.append((repr(line[:60]), f"{path}:{i}: the text {problem[1]}"))
+            continue
+        out.append((line, None))
     return out
 
 

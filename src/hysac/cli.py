@@ -1,7 +1,8 @@
 """``hysac`` command line: a thin typer layer over the library.
 
 Every command turns :class:`hysac.errors.HySACError` into a one-line message on stderr and exit code 2 — never a
-traceback for bad input.
+traceback for bad input. Usage errors (an unknown option, ``--k ten``) are one line with exit code 2 too, and
+texts and paths are checked (:mod:`hysac.inputs`) before a model is loaded.
 """
 
 from __future__ import annotations
@@ -13,10 +14,41 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer ships its own copy of click (typer._click); older typers use click itself
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - depends on the typer version
+    from click import exceptions as _click_errors
 
 from .errors import HySACError
+from .inputs import MAX_TEXT_CHARS, one_line, path_problem, text_problem
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a usage error (unknown option, a value of the wrong type, a missing option) is
+    printed as one line ``error: …`` naming the option and the reason, with exit code 2, instead of a boxed
+    panel; a bare ``hysac`` / ``hysac index`` still prints the help page."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_errors.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help page is already printed
+                sys.exit(e.exit_code)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except (typer.Abort, getattr(_click_errors, "Abort", typer.Abort)):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=OneLineErrors,
                   help="Safety-aware vision-language embeddings in hyperbolic space (HySAC).")
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (e.g. hysac-mini), local folder or hub repo id. "
@@ -44,21 +76,53 @@ def _root(
 
 
 def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    typer.echo(f"error: {one_line(msg)}", err=True)
     raise typer.Exit(2)
 
 
+#: the parameters of a command that name input files or folders (checked by :func:`friendly` before the command
+#: runs); a list parameter is checked item by item
+_PATH_PARAMS = {"text_file": "--text-file", "image": "--image", "out": "--out", "index": "--index", "src": "SRC",
+                "config": "--config"}
+
+
+def _check_path_args(kwargs: dict) -> None:
+    for name, flag in _PATH_PARAMS.items():
+        value = kwargs.get(name)
+        if not value or isinstance(value, bool):
+            continue
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        for i, p in enumerate(items, start=1):
+            if not isinstance(p, (str, Path)):
+                continue
+            why = path_problem(p)
+            if why is not None:
+                _fail(f"{flag}{f' #{i}' if len(items) > 1 else ''}: {why}")
+
+
 def friendly(fn):
-    """Run a command body, mapping expected errors to a one-line message and exit code 2."""
+    """Run a command body, mapping expected errors to a one-line message and exit code 2. File-name arguments
+    that are not valid UTF-8 are refused before the body runs."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _check_path_args(kwargs)
         try:
             return fn(*args, **kwargs)
         except HySACError as e:
             _fail(str(e))
         except FileNotFoundError as e:
             _fail(f"file not found: {e.filename or e}")
+        except RecursionError:
+            # e.g. a JSON value nested thousands of levels deep in a table or metadata file
+            inputs = [str(kwargs[k]) for k in ("src", "text_file", "config") if kwargs.get(k)]
+            _fail(f"{', '.join(inputs) or 'the input'}: nested too deeply to read (a JSON value or structure "
+                  "deeper than Python's recursion limit)")
+        except UnicodeEncodeError as e:
+            if "surrogates" not in str(e.reason):
+                raise
+            bad = one_line(e.object[max(0, e.start - 60):e.end + 20]) if isinstance(e.object, str) else ""
+            _fail(f"not valid UTF-8 (a file name or text with undecodable bytes): ...{bad}...")
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
@@ -75,14 +139,75 @@ def _check_number(name: str, value: Optional[float], lo: float = 0.0, hi: float 
 
 
 def _check_texts(texts: List[str], what: str = "--text") -> None:
-    """No empty texts and no undecodable bytes (non-UTF-8 arguments arrive as lone surrogates)."""
+    """What the service refuses too (:func:`hysac.inputs.text_problem`): empty texts, texts over
+    :data:`~hysac.inputs.MAX_TEXT_CHARS` characters, undecodable bytes (non-UTF-8 arguments arrive as lone
+    surrogates) and control characters."""
     for i, t in enumerate(texts, start=1):
-        if not t.strip():
-            _fail(f"{what} #{i} is empty")
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            _fail(f"{what} #{i} is not valid UTF-8 text")
+        problem = text_problem(t, MAX_TEXT_CHARS)
+        if problem is not None:
+            _fail(f"{what} #{i} {problem[1]}")
+
+
+def _image_paths(image: List[Path]) -> List[Path]:
+    """``--image`` files and folders → image files (folders expanded); a file name that is not valid UTF-8, given or
+    found in a folder, is refused naming it."""
+    from .images import expand_image_paths
+
+    paths = expand_image_paths(image) if image else []
+    for p in paths:
+        why = path_problem(p)
+        if why is not None:
+            _fail(f"--image: {why}")
+    return paths
+
+
+def _check_out_file(out: Path, what: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work: a folder, a device or other special file,
+    or a place where the file cannot be created."""
+    if str(out) in ("", "."):
+        _fail(f"{what} is empty: give a file name")
+    if out.is_dir():
+        _fail(f"{what} {out} is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        _fail(f"{what} {out} is not a regular file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot create the folder of {what} {out}: {e.strerror or e}")
+    if not out.parent.is_dir():
+        _fail(f"cannot write {what} {out}: {out.parent} is not a directory")
+    import os
+    import tempfile
+
+    try:  # a file can be created there (a read-only or virtual file system such as /proc says no here)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        _fail(f"cannot write {what} {out}: {e.strerror or e}")
+
+
+def _save_safetensors(tensors: dict, out: Path, metadata: dict) -> None:
+    """Write ``out`` through a temporary file in the same folder (no half-written file on failure); a write
+    error is a one-line message naming the file."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        _fail(f"cannot write --out {out}: {e.strerror or e}")
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except Exception as e:  # noqa: BLE001 - OSError, or safetensors' own error type wrapping one
+        _fail(f"cannot write --out {out}: {one_line(str(e))}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _load(model: Optional[str]):
@@ -124,7 +249,7 @@ def classify(
     items: list = list(text)
     if text_file is not None:
         items += read_text_lines(text_file)
-    paths = expand_image_paths(image) if image else []
+    paths = _image_paths(image)
     if not items and not paths:
         _fail("nothing to classify: give --text, --text-file or --image")
     m = _load(model)
@@ -146,19 +271,21 @@ def classify(
 
 def _print_classification(results) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_lines=False)
     for col in ("input", "score", "verdict", "top categories"):
         table.add_column(col, overflow="fold")
     for r in results:
+        shown = escape(one_line(r.input[:80]))  # an input is data, never rich markup or terminal codes
         if r.error:
-            table.add_row(r.input[:80], "-", "[yellow]error[/yellow]", r.error)
+            table.add_row(shown, "-", "[yellow]error[/yellow]", escape(one_line(r.error)))
             continue
         verdict = "[red]UNSAFE[/red]" if r.unsafe else "[green]safe[/green]"
         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.categories.items(), key=lambda kv: -kv[1])[:3]
                         if r.unsafe)
-        table.add_row(r.input[:80], f"{r.score:.3f}", verdict, top)
+        table.add_row(shown, f"{r.score:.3f}", verdict, top)
     Console().print(table)
 
 
@@ -173,12 +300,10 @@ def encode(
     project: bool = typer.Option(True, help="--no-project: Euclidean tower features instead of hyperboloid points."),
 ) -> None:
     """Encode inputs and save embeddings, safety scores and inputs to a safetensors file."""
-    from safetensors.torch import save_file
-
     from .classify import read_text_lines
-    from .images import expand_image_paths
 
     _check_texts(list(text))
+    _check_out_file(out)
     texts = list(text)
     if text_file is not None:
         lines = read_text_lines(text_file)
@@ -186,7 +311,7 @@ def encode(
         if bad:
             _fail(bad[0])
         texts += [t for t, _ in lines]
-    paths = expand_image_paths(image) if image else []
+    paths = _image_paths(image)
     if not texts and not paths:
         _fail("nothing to encode: give --text, --text-file or --image")
     m = _load(model)
@@ -203,8 +328,7 @@ def encode(
         if project:
             tensors["image_scores"] = m.score(e).contiguous()
         meta["images"] = json.dumps([str(p) for p in paths])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=meta)
+    _save_safetensors(tensors, out, meta)
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
 
 
@@ -224,23 +348,24 @@ def traverse(
     import torch
 
     if target not in ("image", "text"):
-        _fail(f"unknown target {target!r}; use 'image' or 'text'")
+        _fail(f"unknown target {one_line(target)!r}; use 'image' or 'text'")
+    if mode not in ("geodesic", "paper"):
+        _fail(f"unknown --mode {one_line(mode)!r}; use 'geodesic' or 'paper'")
     _check_texts(list(text))
     _check_number("--tau", tau)
-    m = _load(model)
-    inputs = list(text) + [str(p) for p in image]
+    images = _image_paths(image)
+    inputs = list(text) + [str(p) for p in images]
     if not inputs:
         _fail("nothing to traverse: give --text or --image")
+    m = _load(model)
     parts = []
     if text:
         parts.append(m.encode_text(list(text)))
-    if image:
-        parts.append(m.encode_image(list(image)))
+    if images:
+        parts.append(m.encode_image(images))
     x = torch.cat(parts)
     from .policy import Mode
 
-    if mode not in ("geodesic", "paper"):
-        _fail(f"unknown --mode {mode!r}; use 'geodesic' or 'paper'")
     # what `search --mode redirect` does before searching a `target` gallery (hysac.policy)
     mv = m.policy.move(x, Mode.REDIRECT, target, tau=tau, how=mode)  # type: ignore[arg-type]
     before, after = m.score(x), m.score(mv.points)
@@ -248,7 +373,7 @@ def traverse(
         row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),
                "radius": mv.radius, "moved": bool(mv.moved[i]), "status": mv.describe(i)}
         typer.echo(json.dumps(row, ensure_ascii=False) if json_out else
-                   f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {inp}")
+                   f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {one_line(inp)}")
 
 
 @app.command()
@@ -286,13 +411,48 @@ def train(
     typer.echo(json.dumps(result, indent=2))
 
 
+#: the largest ``--ef-search`` accepted (FAISS keeps it in a C int; far past any useful recall)
+MAX_EF_SEARCH = 1_000_000
+
+
+def _checked_search(fn):
+    """``hysac search`` with the main CLI's checks first: the ``--text`` checks of classify (and the service), and
+    ``--ef-search`` in 1..:data:`MAX_EF_SEARCH`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for i, t in enumerate(kwargs.get("text") or [], start=1):
+            problem = text_problem(t, MAX_TEXT_CHARS)
+            if problem is not None:
+                _fail(f"empty query (--text #{i})" if problem[0] == "empty_query" else f"--text #{i} {problem[1]}")
+        ef = kwargs.get("ef_search")
+        if ef is not None and not 1 <= ef <= MAX_EF_SEARCH:
+            _fail(f"--ef-search must be between 1 and {MAX_EF_SEARCH}, got {ef}")
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _guarded(sub: typer.Typer) -> typer.Typer:
+    """A copy of the sub-app ``sub`` whose commands run through :func:`friendly` (``sub`` itself is unchanged)."""
+    import copy
+
+    out = copy.copy(sub)
+    out.registered_commands = []
+    for info in sub.registered_commands:
+        guarded = copy.copy(info)
+        guarded.callback = friendly(info.callback)
+        out.registered_commands.append(guarded)
+    return out
+
+
 def _mount_optional() -> None:
     """Attach sub-apps that live in their own modules (index/search/serve/eval)."""
     try:
         from .index.cli import index_app, search_command
 
-        app.add_typer(index_app, name="index", help="Build, extend and inspect a search index.")
-        app.command("search")(friendly(search_command))
+        app.add_typer(_guarded(index_app), name="index", help="Build, extend and inspect a search index.")
+        app.command("search")(friendly(_checked_search(search_command)))
     except ImportError:  # pragma: no cover - optional deps missing
         pass
     try:

@@ -176,20 +176,22 @@ class HySAC(nn.Module):
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=n, desc=f"encoding {what}", unit=what[:-1])
-        with torch.no_grad():
-            for batch in loader:
-                if pass_dict:
-                    feats = feature_fn(batch)
-                    size = batch["input_ids"].shape[0]
-                else:
-                    feats = feature_fn(batch.to(self.device))
-                    size = batch.shape[0]
-                feats = feats.float()
-                out.append((lift_fn(feats) if project else feats).cpu())
-                if bar is not None:
-                    bar.update(size)
-        if bar is not None:
-            bar.close()
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    if pass_dict:
+                        feats = feature_fn(batch)
+                        size = batch["input_ids"].shape[0]
+                    else:
+                        feats = feature_fn(batch.to(self.device))
+                        size = batch.shape[0]
+                    feats = feats.float()
+                    out.append((lift_fn(feats) if project else feats).cpu())
+                    if bar is not None:
+                        bar.update(size)
+        finally:
+            if bar is not None:
+                bar.close()  # also when an input fails: an error message then starts on its own line
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------------- safety

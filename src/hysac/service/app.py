@@ -55,6 +55,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import safety
 from ..errors import HySACError, InputError
+from ..inputs import text_problem
 from ..policy import MODES, Mode, over_threshold
 from ..images import IMAGE_EXTENSIONS
 from .plot import disk_coordinates, poincare_radius
@@ -464,7 +465,7 @@ _ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 
 # ----------------------------------------------------------------------------------------------- the factory
 def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_upload_bytes: int = 8 * MB,
-               max_batch: int = 256, max_k: int = 100, max_text_chars: int = 10_000,
+               max_batch: int = 16, max_k: int = 100, max_text_chars: int = 10_000,
                max_image_pixels: int = 25_000_000, max_request_pixels: int = 100_000_000,
                max_pending: int = 1024, warmup: bool = True,
                fast: bool = False, coalesce: int = 64, allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
@@ -628,14 +629,11 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
         return body, uploads
 
     def check_text(text: str, what: str) -> str:
-        if not text.strip():
-            raise ApiError(422, "empty_query", f"{what} is empty")
-        if len(text) > max_text_chars:
-            raise ApiError(422, "invalid_input", f"{what} is too long: {len(text)} characters (max {max_text_chars})")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(422, "invalid_input", f"{what} is not valid Unicode (lone surrogate)") from None
+        """Empty, too long, lone surrogates, control characters: refused as ``hysac classify --text`` refuses
+        them (:func:`hysac.inputs.text_problem`)."""
+        problem = text_problem(text, max_text_chars)
+        if problem is not None:
+            raise ApiError(422, problem[0], f"{what} {problem[1]}")
         return text
 
     spec = m.backbone.pixel_spec() if hasattr(m.backbone, "pixel_spec") else None
@@ -897,17 +895,20 @@ def create_app(model: Any = None, index_dir: str | Path | None = None, *, max_up
     def lookup(item_id: str) -> dict[str, Any]:
         if db_path is None:
             raise ApiError(404, "not_found", "no index is loaded")
-        try:
-            i = int(item_id)
-        except ValueError:
-            raise ApiError(404, "not_found", f"no item {item_id[:40]!r} in the index") from None
+        # plain ASCII digits only: int() would also take " 5", "1_0" and other scripts' digits
+        if not (item_id.isascii() and item_id.isdigit() and len(item_id) <= 19):
+            raise ApiError(404, "not_found", f"no item {item_id[:40]!r} in the index")
+        i = int(item_id)
         if not 0 <= i < 2**62:
             raise ApiError(404, "not_found", f"no item {i} in the index")
         try:
             conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
             try:
+                # an item a rebuild retired (its source row edited or removed) is gone for every reader
+                live = ("AND removed IS NULL" if any(c[1] == "removed" for c in conn.execute(
+                    "PRAGMA table_info(items)")) else "")
                 row = conn.execute("SELECT id, key, modality, content, score, unsafe, categories, metadata "
-                                   "FROM items WHERE id=?", (i,)).fetchone()
+                                   f"FROM items WHERE id=? {live}", (i,)).fetchone()
             finally:
                 conn.close()
         except sqlite3.Error as e:

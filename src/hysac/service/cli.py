@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,7 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
     max_upload_mb: float = typer.Option(8, "--max-upload-mb", help="Largest request body, in MiB."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Most inputs per /classify request."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Most inputs per /classify request (16 keeps the largest request under 2 s and 1 GB on 2 cores; benchmarks/results/request_cost.md)."),
     max_k: int = typer.Option(100, "--max-k", help="Largest k a search may ask for."),
     torch_threads: Optional[int] = typer.Option(
         None, "--torch-threads", help="torch intra-op threads for inference (default: torch's, one per core; 1 is "
@@ -50,15 +51,18 @@ def serve_command(
 
     if not 0 <= port <= 65535:
         raise InputError(f"port must be in 0..65535, got {port}")
-    if max_upload_mb <= 0 or max_batch < 1 or max_k < 1 or coalesce < 1:
-        raise InputError("--max-upload-mb, --max-batch, --max-k and --coalesce must be positive")
-    if not header_timeout > 0 or not body_timeout > 0 or not max_request_mpx > 0:
-        raise InputError("--header-timeout, --body-timeout and --max-request-mpx must be positive")
+    if max_batch < 1 or max_k < 1 or coalesce < 1:
+        raise InputError("--max-batch, --max-k and --coalesce must be positive")
+    for flag, value, hi in (("--max-upload-mb", max_upload_mb, 1024 * 1024),
+                            ("--header-timeout", header_timeout, 86400), ("--body-timeout", body_timeout, 86400),
+                            ("--max-request-mpx", max_request_mpx, 1e6)):
+        if not (math.isfinite(value) and 0 < value <= hi):
+            raise InputError(f"{flag} must be a positive finite number (at most {hi:g}), got {value}")
+    if torch_threads is not None and not 1 <= torch_threads <= 4096:
+        raise InputError(f"--torch-threads must be between 1 and 4096, got {torch_threads}")
     if index is not None and not index.exists():
         raise InputError(f"index not found: {index}")
     if torch_threads is not None:
-        if torch_threads < 1:
-            raise InputError(f"--torch-threads must be >= 1, got {torch_threads}")
         import torch
 
         torch.set_num_threads(torch_threads)

@@ -29,7 +29,7 @@ class ClassifyRequest(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["a cat on a sofa", "a weapon in the park"]}]})
 
     texts: list[str] = Field(default_factory=list, description="Texts to classify, answered in this order.")
-    threshold: Optional[float] = Field(None, allow_inf_nan=False,
+    threshold: Optional[float] = Field(None, ge=0, le=1e6, allow_inf_nan=False,
                                        description="Decision threshold on the score (default: the model's, per "
                                                    "modality).")
 
@@ -61,7 +61,7 @@ class TraverseRequest(_Body):
     direction: Literal["in", "out"] = Field(
         "in", description="'in': redirect toward the safe region (the redirect modes); 'out': push outward "
                           "(seek-unsafe).")
-    tau: Optional[float] = Field(None, ge=0, allow_inf_nan=False,
+    tau: Optional[float] = Field(None, ge=0, le=1e6, allow_inf_nan=False,
                                  description="Target distance from the origin (default: the model's redirect / "
                                              "seek-unsafe radius for the target).")
     k: int = Field(8, description="Nearest items shown before and after the move (0..max_k).")
