@@ -396,3 +396,23 @@ def test_category_loss():
     assert o16.dtype == torch.float32 and torch.allclose(o16, category_loss(logits.bfloat16().float(), y), atol=1e-5)
     with pytest.raises(InputError):
         category_loss(logits, y[:, :6])
+
+
+def test_contrastive_terms_can_read_other_points_of_the_same_rows():
+    """``contrastive=``: the contrastive terms read those points, the entailment terms the batch's own; the same
+    points give the same loss, other points change only the contrastive terms."""
+    from hysac.losses import HySACLoss
+
+    g = torch.Generator().manual_seed(3)
+    batch = {k: L.exp_map0(torch.randn(6, 8, generator=g) * 0.5, 1.0) for k in ("T", "I", "Ts", "Is")}
+    other = {k: L.exp_map0(torch.randn(6, 8, generator=g) * 0.5, 1.0) for k in batch}
+    fn = HySACLoss()
+    base, t0 = fn(batch, 1.0, 10.0)
+    same, t1 = fn(batch, 1.0, 10.0, contrastive=batch)
+    torch.testing.assert_close(base, same)
+    _, t2 = fn(batch, 1.0, 10.0, contrastive=other)
+    for name in t0:
+        if name.startswith("ent_"):
+            torch.testing.assert_close(t0[name], t2[name])
+        else:
+            assert not torch.allclose(t0[name], t2[name]), name

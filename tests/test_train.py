@@ -245,9 +245,9 @@ def test_class_photo_term_on_the_mini_conse_backbone(tmp_path):
 
 
 def test_polar_head_with_semantic_anchor_keeps_the_frozen_directions(tmp_path):
-    """Polar text head + LoRA-tuned text tower + ``loss.semantic_anchor``: the term is logged, it is 0 before the
-    first update (LoRA starts as the identity), the tuned directions stay close to the frozen tower's, and the
-    exported model reloads with its polar head and radius offset."""
+    """Polar text head + LoRA-tuned text tower + ``loss.semantic_anchor``: the term is logged, it starts near 0
+    (LoRA starts as the identity; only the tower's own training-mode dropout differs), the tuned directions stay
+    close to the frozen tower's, and the exported model reloads with its polar head and radius offset."""
     import torch.nn.functional as F
 
     from hysac.backbones.mini import MiniBackbone
@@ -263,7 +263,7 @@ def test_polar_head_with_semantic_anchor_keeps_the_frozen_directions(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "p" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert steps and all("semantic_anchor" in r for r in steps)
-    assert steps[0]["semantic_anchor"] < 1e-6
+    assert steps[0]["semantic_anchor"] < 0.05 and max(r["semantic_anchor"] for r in steps) < 0.1
     m = HySAC.from_pretrained(tmp_path / "p" / "model")
     cfg_bb = m.backbone.config()
     assert cfg_bb["head"] == "polar" and cfg_bb["polar_base"] == 4.0

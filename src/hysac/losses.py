@@ -535,10 +535,14 @@ class HySACLoss(nn.Module):
         curv: float | Tensor,
         logit_scale: float | Tensor,
         extra: Mapping[str, Any] | None = None,
+        contrastive: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         emb, masks = _unpack(batch, _HYSAC_KEYS, _HYSAC_MASKS)
         if not emb:
             raise InputError(f"HySACLoss: the batch holds none of {list(_HYSAC_KEYS)}")
+        # the contrastive terms may read other points of the same rows (e.g. with the radius detached: alignment
+        # then trains only directions and the distance from the origin is left to the safety terms)
+        con = {**emb, **{k: v for k, v in (contrastive or {}).items() if k in emb}}
         ex_emb, ex_masks = _unpack(extra, _HYSAC_KEYS, _HYSAC_MASKS)
         w = self.weights.as_dict()
 
@@ -560,8 +564,8 @@ class HySACLoss(nn.Module):
             if name in _HYSAC_CON or name in _EXT_CON:
                 # (a, b) = (text-like, image-like): image rows over text columns and vice versa.
                 terms[name] = lorentz_contrastive(
-                    emb[b],
-                    emb[a],
+                    con[b],
+                    con[a],
                     curv,
                     logit_scale,
                     m,

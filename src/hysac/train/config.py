@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
         # with a polar text head and a tuned text tower: weight of 1 - cos(tuned direction, frozen direction) on
         # the batch's texts, so tuning for safety does not move what the pretrained tower says a text is about
         "semantic_anchor": 0.0,
+        # "detach": the contrastive terms see each point with its distance from the origin detached, so alignment
+        # trains directions only and the radius (the safety score) is shaped by the safety terms alone
+        "contrastive_radius": "train",
         "class_photos_batch": 64,
         "safeclip": {},  # SafeCLIPLossWeights overrides
     },

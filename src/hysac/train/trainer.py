@@ -356,6 +356,9 @@ class Trainer:
             workers = default_workers() if self.device.type == "cuda" else 0
         # "a photo of a <object>" ↔ simulated photos of the object (backbones whose image tower has object classes)
         self.class_photos = float(cfg["loss"].get("class_photos") or 0.0)
+        if cfg["loss"].get("contrastive_radius", "train") not in ("train", "detach"):
+            raise InputError(f"loss.contrastive_radius must be 'train' or 'detach', got "
+                             f"{cfg['loss'].get('contrastive_radius')!r}")
         names = self.model.backbone.class_names() if cfg["objective"] == "hysac" else None
         self.prompts, self.prompt_owner, self.prompt_eval = class_prompts(names or [])
         self.feat = Featurizer(self.model, self.data, cache_dir, bool(cfg.get("cache_features", True)), self.device,
@@ -536,7 +539,11 @@ class Trainer:
             for k in ("T", "I", "Ts", "Is"):
                 g = _gather_negatives(hyp[k], masks[f"has_{k}"], self.world)
                 extra[k], extra[f"has_{k}"] = g
-        total, terms = self.loss_fn(b, c, self.model.logit_scale.float().exp(), extra=extra)
+        con = None
+        if cfg_l.get("contrastive_radius", "train") == "detach":
+            con = {k: (self.model.lift_text if k in ("T", "Ts") else self.model.lift_image)(_radius_detached(v))
+                   for k, v in feats.items()}
+        total, terms = self.loss_fn(b, c, self.model.logit_scale.float().exp(), extra=extra, contrastive=con)
         logs = {k: float(v.detach()) for k, v in terms.items()}
         parts = [total]
         w_order = float(cfg_l.get("class_order", 0.0))
@@ -1078,6 +1085,14 @@ def class_prompts(names: list[list[str]]) -> tuple[list[str], list[int], list[in
                 prompts.append(t.format(lemma))
                 owner.append(c)
     return prompts, owner, first
+
+
+def _radius_detached(x_tan: Tensor) -> Tensor:
+    """(B,D) tangent features with the same values but no gradient through their length: only their direction
+    trains (``loss.contrastive_radius: detach``)."""
+    x = x_tan.float()
+    norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return x / norm * norm.detach()
 
 
 def _tower_key(key: str) -> bool:
