@@ -60,3 +60,24 @@ def write(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def wait_for_health(proc, url: str, log_path: Path, timeout: float, poll: float = 0.3):
+    """Poll ``url``/health until it answers 200 (returns ``(proc, url)``); exit with the server log's tail if the
+    server process dies or ``timeout`` seconds pass."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited during startup:\n{Path(log_path).read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    proc.kill()
+    raise SystemExit("server did not start in time")

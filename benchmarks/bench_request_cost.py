@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, versions  # noqa: E402
+from _common import RESULTS, machine, versions, wait_for_health  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this benchmark ever uses
 MB = 1024 * 1024
@@ -103,18 +103,7 @@ def start_server(args, root: Path, max_batch: int) -> tuple[subprocess.Popen, st
     log = open(root / f"server-{max_batch}.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + args.startup_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited during startup:\n{(root / f'server-{max_batch}.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start in time")
+    return wait_for_health(proc, url, root / f"server-{max_batch}.log", args.startup_timeout, 0.3)
 
 
 # ------------------------------------------------------------------------------------------------- memory

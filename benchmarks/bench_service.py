@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name, versions  # noqa: E402
+from _common import cpu_name, versions, wait_for_health  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"]
@@ -85,18 +85,7 @@ def start_server(args, root: Path, threads: str) -> tuple[subprocess.Popen, str]
     log = open(root / f"server-{threads}.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + args.startup_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited during startup:\n{(root / f'server-{threads}.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not start in time")
+    return wait_for_health(proc, url, root / f"server-{threads}.log", args.startup_timeout, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------ load phase
