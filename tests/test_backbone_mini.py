@@ -672,3 +672,6 @@ def test_polar_head_keeps_directions_and_learns_only_the_length():
         assert not any(b.requires_grad for b in head.buffers())
     with pytest.raises(InputError, match="head_anchor"):
         build_backbone({"kind": "mini", "head": "polar", "head_anchor": True})
+    polar = build_backbone({"kind": "mini", "head": "polar", "embed_dim": 384})
+    torch.testing.assert_close(polar.text_directions(x), torch.nn.functional.normalize(x, dim=-1))
+    assert build_backbone({"kind": "mini", "head": "mlp"}).text_directions(x) is None

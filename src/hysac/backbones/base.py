@@ -126,6 +126,12 @@ class Backbone(nn.Module, ABC):
         calibrate the image threshold on everyday objects."""
         return None
 
+    def text_directions(self, base_feats: Tensor) -> "Tensor | None":
+        """(B, base dim) base text features → (B, embed_dim) unit vectors: the direction the text head gives them,
+        for heads whose direction is fixed by the input (the polar head); ``None`` when the head learns its
+        directions (default). Used by ``loss.semantic_anchor``."""
+        return None
+
     def class_names(self) -> "list[list[str]] | None":
         """The image tower's object classes, each as its list of names (synonyms), in classifier order; ``None``
         when the tower has no such classes (default)."""

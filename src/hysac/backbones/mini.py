@@ -814,6 +814,11 @@ class MiniBackbone(Backbone):
         names = [", ".join(n) for n in imagenet_class_names()]
         return names, self.text_head(self.image_head.class_text.float())
 
+    def text_directions(self, base_feats: Tensor) -> Tensor | None:
+        if not isinstance(self.text_head, PolarHead):
+            return None
+        return self.text_head.directions(_check_feats("text", base_feats, TEXT_BASE_DIM, self.device))
+
     def class_names(self) -> list[list[str]] | None:
         """With ``image_bridge="conse"``: the 1000 ImageNet classes' WordNet lemmas (see ``imagenet_classes.tsv``)."""
         return imagenet_class_names() if self.image_bridge == "conse" else None

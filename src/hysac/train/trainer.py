@@ -589,14 +589,13 @@ class Trainer:
         *frozen* tower features (the untuned tower; computed once), or ``None`` when the term is off."""
         if weight <= 0:
             return None
-        from ..backbones.mini import PolarHead
-
-        head = getattr(self.model.backbone, "text_head", None)
-        if not isinstance(head, PolarHead):
-            raise InputError("loss.semantic_anchor needs a polar text head (backbone.head: polar)")
-        frozen = frozen_text_space(self.model.backbone, self.data.texts, self.device, self._text_memo)
+        bb = self.model.backbone
+        frozen = frozen_text_space(bb, self.data.texts, self.device, self._text_memo)
         with torch.no_grad():
-            return head.directions(torch.from_numpy(frozen).to(self.device)).cpu()
+            dirs = bb.text_directions(torch.from_numpy(frozen).to(self.device))
+        if dirs is None:
+            raise InputError("loss.semantic_anchor needs a polar text head (backbone.head: polar)")
+        return dirs.cpu()
 
     def _anchor_loss(self, rows: Tensor, feats: dict[str, Tensor], masks: dict[str, Tensor]) -> Tensor:
         """Mean ``1 - cos`` between the batch texts' tuned directions and their frozen ones."""
