@@ -220,7 +220,8 @@ class AnchoredHead(nn.Module):
 class PolarHead(nn.Module):
     """``x (B,in) → r(x) · normalize(A x) (B,out)``: a tangent vector whose *direction* is the tower's own feature
     direction (``A`` the identity when ``in == out``, else a fixed seeded orthonormal projection) and whose *length*
-    is learned: ``r(x) = softplus(mlp(x))``, a scalar per input.
+    is learned: ``r(x) = base + softplus(mlp(x))``, a scalar per input (``base`` ≥ 0 keeps every point away from
+    the origin, so safety moves a point by a fraction of its radius and angles still rank neighbours).
 
     The hyperbolic lift keeps directions, so the angle between two lifted points is the angle the pretrained tower
     puts between them: what it knows about content (retrieval, "a photo of a cat" next to a cat photo through the
