@@ -81,3 +81,14 @@ def wait_for_health(proc, url: str, log_path: Path, timeout: float, poll: float 
         time.sleep(poll)
     proc.kill()
     raise SystemExit("server did not start in time")
+
+
+def stop_server(proc, timeout: float = 20) -> None:
+    """Terminate a benchmark's server process, killing it if it has not exited after ``timeout`` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()

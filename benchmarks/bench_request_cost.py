@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, versions, wait_for_health  # noqa: E402
+from _common import RESULTS, machine, stop_server, versions, wait_for_health  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this benchmark ever uses
 MB = 1024 * 1024
@@ -479,11 +479,7 @@ def main() -> int:
                           flush=True)
                 alive = alive and httpx.get(url + "/health", timeout=10).status_code == 200
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
     res = {
         "environment": {**env, "versions": versions("hysac", "fastapi", "starlette", "uvicorn", "PIL", "httpx")},
         "setup": {"argv": argv, "model": args.model or "tiny random CLIP-backbone model (hysac.service.demo)",

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name, versions, wait_for_health  # noqa: E402
+from _common import cpu_name, stop_server, versions, wait_for_health  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["off", "filter", "redirect", "redirect+filter", "seek-unsafe"]
@@ -456,11 +456,7 @@ def main() -> int:
                         print("  FAIL", f, flush=True)
                 alive = proc.poll() is None
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
             log_tails[threads] = (root / f"run{n}" / f"server-{threads}.log").read_text(errors="replace")[-2000:]
             run_ok = load["5xx"] == 0 and load["transport_errors"] == 0 and alive
             ok = ok and run_ok

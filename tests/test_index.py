@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_index_fake
 from hysac import lorentz as L
 from hysac import safety
 from hysac.errors import InputError, ModelMismatchError
@@ -31,17 +31,9 @@ from hysac.index import (
 from hysac.index.writer import COMPACT_ROWS
 
 
-def _load_fake():
-    name = "hysac_index_test_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_index_fake.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
-fake = _load_fake()
+fake = load_index_fake()
 FakeModel = fake.FakeModel
 
 from hysac.service.demo import SAFE_TEXTS, UNSAFE_TEXTS  # noqa: E402 - the demo gallery

@@ -4,7 +4,6 @@ traceback, never silently wrong or empty results, and a reader never recreates o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sqlite3
@@ -17,22 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_index_fake
 from hysac import lorentz as L
 from hysac.errors import HySACError
 from hysac.index import EncodedBatch, IndexSearcher, IndexStore, IndexWriter, Item
 
 
-def _load_fake():
-    name = "hysac_index_test_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_index_fake.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
-FakeModel = _load_fake().FakeModel
+FakeModel = load_index_fake().FakeModel
 N, SHARD = 60, 20
 
 

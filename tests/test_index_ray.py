@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,20 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_index_fake
 from hysac.index import IndexStore, build_index, add_to_index
 
 ray = pytest.importorskip("ray", reason="Ray Data is optional (pip install 'ray[data]')")
 pytest.importorskip("ray.data")
 
 
-def _fake():
-    name = "hysac_index_test_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_index_fake.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def _by_key(root: Path) -> dict[str, np.ndarray]:
@@ -35,7 +27,7 @@ def _by_key(root: Path) -> dict[str, np.ndarray]:
 
 
 def test_ray_engine_matches_local(tmp_path):
-    fake = _fake()
+    fake = load_index_fake()
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[fake.__name__])  # the fake lives outside an importable package

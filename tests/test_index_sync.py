@@ -22,23 +22,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_index_fake
 from hysac.index import MODES, IndexSearcher, IndexStore, Item, add_to_index, build_index, open_source
 from hysac.index.reader import content_fingerprint, key_slot
 
 FAKE = Path(__file__).with_name("test_index_fake.py")
 
 
-def _fake():
-    name = "hysac_index_test_fake"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, FAKE)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
-fake = _fake()
+fake = load_index_fake()
 
 
 class Counting(fake.FakeModel):
