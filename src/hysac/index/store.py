@@ -495,14 +495,16 @@ class IndexStore:
             mods[ids] = np.fromiter((r[2] == "image" for r in rows), dtype=np.int8, count=len(rows))
         return scores, mods
 
-    def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Item rows by id: key, modality, content, score, unsafe, categories, metadata."""
+    def rows(self, ids: Sequence[int], *, live_only: bool = False) -> dict[int, dict[str, Any]]:
+        """Item rows by id: key, modality, content, score, unsafe, categories, metadata. ``live_only``: leave out
+        items a sync removed (what every reader outside the index tools sees)."""
         ids = [int(i) for i in ids]
         out: dict[int, dict[str, Any]] = {}
+        live = f" AND {self.live_sql}" if live_only else ""
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
             q = ("SELECT id, key, modality, content, score, unsafe, categories, metadata FROM items "
-                 "WHERE id IN (%s)" % ",".join("?" * len(part)))
+                 "WHERE id IN (%s)%s" % (",".join("?" * len(part)), live))
             for r in self.conn.execute(q, part):
                 try:
                     cats = json.loads(r[6]) if r[6] else None
