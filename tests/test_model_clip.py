@@ -90,6 +90,36 @@ def test_released_parity(released, model):
     assert torch.allclose(model.encode_text(texts, batch_size=1), ours_t, atol=1e-6)
 
 
+def test_released_layout_from_the_spec_matches_what_peft_writes(released):
+    """The fixture writes the released keys from the spec's key list without peft; peft >= 0.7 wrapping the same
+    tower with the same LoRA config writes exactly those keys and shapes (the spec and peft agree). The loader is
+    then checked against that layout by ``test_released_parity``, which folds LoRA by hand."""
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    from hysac.backbones.clip import apply_lora
+
+    clip, ck = released
+    sd = torch.load(ck / "hysac_model.pth", weights_only=True)
+    scalars = {"curv", "visual_alpha", "textual_alpha", "logit_scale", "pixel_mean", "pixel_std"}
+    assert {k for k in sd if "." not in k} == scalars
+    assert "visual.base_model.model.vision_model.embeddings.patch_embedding.base_layer.weight" in sd
+    assert "visual.base_model.model.vision_model.embeddings.patch_embedding.base_layer.bias" not in sd
+    r = TINY_LORA["r"]
+    for prefix, cls in (("visual", CLIPVisionModelWithProjection), ("textual", CLIPTextModelWithProjection)):
+        peft_tower = apply_lora(cls.from_pretrained(clip, local_files_only=True), TINY_LORA)
+        by_peft = {f"{prefix}.{k}": tuple(v.shape) for k, v in peft_tower.state_dict().items()
+                   if not k.endswith("position_ids")}
+        by_spec = {k: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix + ".")}
+        assert by_spec == by_peft, (set(by_spec) ^ set(by_peft))
+        lora_a = [k for k in by_spec if k.endswith("lora_A.default.weight")]
+        assert lora_a and all(by_spec[k][0] == r for k in lora_a)
+        assert all(sd[k].abs().min() > 0 for k in by_spec if ".lora_" in k)  # non-zero adapters
+    conv_a = sd["visual.base_model.model.vision_model.embeddings.patch_embedding.lora_A.default.weight"]
+    conv_b = sd["visual.base_model.model.vision_model.embeddings.patch_embedding.lora_B.default.weight"]
+    assert conv_a.shape[:2] == (r, 3) and conv_b.shape[1:] == (r, 1, 1)
+    assert not any("patch_embedding" in k for k in sd if k.startswith("textual."))
+
+
 def test_bounds_loaded(model):
     assert model.bounds["V"].up_95 == pytest.approx(0.54)
     assert model.unsafe_threshold("image") == pytest.approx((0.54 + 0.73) / 2)

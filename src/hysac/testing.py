@@ -4,7 +4,8 @@
   safetensors), with a real (byte-level, tiny) CLIP tokenizer and an image processor.
 * :func:`make_released_checkpoint` — ``hysac_model.pth`` + ``hysac_bounds.json`` laid out like the released HySAC
   files: a plain state dict of the official module with peft ≥ 0.7 keys (``visual.base_model.model…base_layer``),
-  non-zero LoRA B, log-space scalars and the unused ``pixel_mean``/``pixel_std`` buffers.
+  written from the spec's key list without peft, non-zero LoRA A and B, log-space scalars and the unused
+  ``pixel_mean``/``pixel_std`` buffers.
 """
 
 from __future__ import annotations
@@ -72,27 +73,67 @@ def make_tiny_clip_folder(folder: str | Path, *, hidden: int = 32, layers: int =
     return folder
 
 
+def released_tower_state(tower_sd: dict[str, torch.Tensor], prefix: str, lora: dict,
+                         generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The released checkpoint's keys for one plain HF tower state dict, written from the key list of the spec
+    (§3.2, peft >= 0.7 layout, adapter name ``default``), without peft.
+
+    For each ``<module>.<leaf>``: when the module's last name is a LoRA target, the base tensor goes to
+    ``<prefix>.base_model.model.<module>.base_layer.<leaf>`` and the module gets ``lora_A.default.weight`` /
+    ``lora_B.default.weight`` (Linear weight (out, in): A (r, in), B (out, r); Conv2d weight (out, in, k, k):
+    A (r, in, k, k), B (out, r, 1, 1)) filled with random non-zero values from ``generator``; every other key goes to
+    ``<prefix>.base_model.model.<key>``. ``position_ids`` buffers are dropped.
+    """
+    targets = set(lora["target_modules"])
+    r = int(lora["r"])
+    out: dict[str, torch.Tensor] = {}
+    pre = f"{prefix}.base_model.model."
+    for key, value in tower_sd.items():
+        if key.endswith("position_ids"):
+            continue
+        module, leaf = key.rsplit(".", 1)
+        if module.rsplit(".", 1)[-1] not in targets:
+            out[pre + key] = value.clone()
+            continue
+        out[f"{pre}{module}.base_layer.{leaf}"] = value.clone()
+        if leaf != "weight":
+            continue
+        w = tower_sd[key]
+        if w.dim() == 4:  # Conv2d (out, in, k, k)
+            shape_a, shape_b = (r, w.shape[1], w.shape[2], w.shape[3]), (w.shape[0], r, 1, 1)
+        elif w.dim() == 2:  # Linear (out, in)
+            shape_a, shape_b = (r, w.shape[1]), (w.shape[0], r)
+        else:
+            raise ValueError(f"LoRA target {module!r} has a {w.dim()}-d weight; expected Linear or Conv2d")
+        # non-zero A and B so the adapters matter (peft itself starts B at zero)
+        out[f"{pre}{module}.lora_A.default.weight"] = torch.randn(shape_a, generator=generator) * 0.2
+        out[f"{pre}{module}.lora_B.default.weight"] = torch.randn(shape_b, generator=generator) * 0.2
+    return out
+
+
 def make_released_checkpoint(out_dir: str | Path, clip_folder: str | Path, *, lora: dict | None = None,
                              seed: int = 1, curv: float = 0.37, bounds: dict | None = None) -> Path:
     """Write ``hysac_model.pth`` and ``hysac_bounds.json`` in the released layout for the towers in
-    ``clip_folder`` with random non-zero LoRA adapters and scalars."""
+    ``clip_folder`` with random non-zero LoRA adapters and scalars.
+
+    The keys are written from the spec's key list (:func:`released_tower_state`), independently of peft and of
+    the loader, so loading them checks the loader against the documented layout."""
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+    from transformers.utils import logging as hf_logging
 
     lora = dict(lora or TINY_LORA)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
-    from .backbones.clip import _quiet_transformers, apply_lora
-
     for prefix, cls in (("visual", CLIPVisionModelWithProjection), ("textual", CLIPTextModelWithProjection)):
-        with _quiet_transformers():
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a CLIPModel folder loaded into one tower lists the other tower's keys
+        try:
             tower = cls.from_pretrained(clip_folder, local_files_only=True)
-        wrapped = apply_lora(tower, lora)
-        for k, v in wrapped.state_dict().items():
-            if "lora_" in k:  # non-zero A and B so the adapters matter
-                v = torch.randn(v.shape, generator=g) * 0.2
-            sd[f"{prefix}.{k}"] = v.clone()
+        finally:
+            hf_logging.set_verbosity(level)
+        sd.update(released_tower_state(tower.state_dict(), prefix, lora, g))
     dim = sd["visual.base_model.model.visual_projection.weight"].shape[0]
     sd["curv"] = torch.tensor(math.log(curv))
     sd["visual_alpha"] = torch.tensor(math.log(dim**-0.5) + 0.3)
