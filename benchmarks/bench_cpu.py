@@ -5,11 +5,10 @@ Definitions (what is timed):
 
 * **baseline** ("naive"): ``HySAC.encode_text`` / ``encode_image`` as a straightforward implementation would run
   them — fp32 eager PyTorch, ``torch.no_grad`` (no ``inference_mode``), PyTorch's default thread count, texts in
-  input order in batches of 32 **padded to max_length=128** (the tokenizer is swapped for one with
-  ``padding="max_length"``), images in batches of 32 decoded/preprocessed in the calling thread, then the
-  EfficientNet (channels_last, as shipped).
-* **plain** (for information): the library's ``HySAC.encode_text`` as it is (batch 256, padding to the longest
-  text of each chunk) — what callers got before the fast path.
+  input order in batches of 32 **padded to max_length=128** (:func:`naive_encode_text`), images in batches of
+  32 decoded/preprocessed in the calling thread, then the EfficientNet (channels_last, as shipped).
+* **plain** (for information): the library's ``HySAC.encode_text`` on the plain runtime (length-sorted batches of
+  256, fp32 torch towers) — what callers get without the fast path.
 * **fast**: ``hysac.fast.optimize_for_cpu(model)`` with its defaults (backend ``auto``: ONNX Runtime fp32 when
   ``onnxruntime`` + ``onnx`` are installed, else torch) then ``model.encode_text`` / ``model.encode_image``:
   length-sorted dynamic-padding text batches of 64, ``inference_mode``, image decoding prefetched in a thread.
@@ -166,25 +165,18 @@ def build_model(name: str):
         "name": "HySAC(MiniBackbone()) with random heads", "random_heads": True}
 
 
-class naive_tokenizer:
-    """Context manager: the backbone pads every batch to max_length (128) tokens, as a naive pipeline would."""
-
-    def __init__(self, backbone):
-        self.bb = backbone
-
-    def __enter__(self):
-        bb = self.bb
-
-        def tokenize(texts):
-            enc = bb.tokenizer(list(texts), padding="max_length", truncation=True, max_length=bb.max_length,
-                               return_tensors="pt")
-            return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
-
-        bb.tokenize = tokenize  # instance attribute shadows the method
-        return self
-
-    def __exit__(self, *exc):
-        self.bb.__dict__.pop("tokenize", None)
+def naive_encode_text(model, texts, batch_size: int = 32):
+    """The baseline text path: input order, batches of ``batch_size`` padded to max_length (128) tokens, fp32
+    eager under ``torch.no_grad``, as a straightforward implementation would run it."""
+    bb = model.backbone
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = bb.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+                               max_length=bb.max_length, return_tensors="pt")
+            feats = bb.text_features(enc["input_ids"].long(), enc["attention_mask"].long()).float()
+            out.append(model.lift_text(feats))
+    return torch.cat(out)
 
 
 # -------------------------------------------------------------------------------------------------- timing
@@ -257,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     results["definitions"] = {
         "baseline": "fp32 eager, torch.no_grad, default threads, texts in input order in batches of 32 padded to "
                     "max_length=128; images in batches of 32 decoded in the calling thread",
-        "plain": "HySAC.encode_text as shipped (batch 256, padding to the longest text of each chunk)",
+        "plain": "HySAC.encode_text on the plain runtime (length-sorted batches of 256, fp32 torch)",
         "fast": "hysac.fast.optimize_for_cpu(model) defaults, then model.encode_text / encode_image",
         "texts_per_s": "strings in, hyperboloid points out, tokenisation included",
         "images_per_s": "640x480 JPEG files in, points out (decode + resize + crop + tower)",
@@ -270,19 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     models, setup = {}, {}
     for name in names:
         m = _copy_model(base_model, args.model)
-        if name == "baseline":
-            naive_tokenizer(m.backbone).__enter__()  # this copy keeps the naive tokenizer
-        elif TEXT_VARIANTS[name] is not None:
+        if name != "baseline" and TEXT_VARIANTS[name] is not None:
             t0 = time.perf_counter()
             fast.optimize_for_cpu(m, **TEXT_VARIANTS[name])
             setup[name] = round(time.perf_counter() - t0, 2)
-            log(f"{name}: {m._fast_cpu} (setup {setup[name]} s)")
+            log(f"{name}: {fast.describe(m)} (setup {setup[name]} s)")
         models[name] = m
     onnx_cached_before = bool(cache_files)
 
     def enc_text(name, items):
         m = models[name]
-        return m.encode_text(items, batch_size=32) if name == "baseline" else m.encode_text(items)
+        return naive_encode_text(m, items) if name == "baseline" else m.encode_text(items)
 
     def enc_img(name, items):
         m = models[name]
@@ -343,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     results["variants"] = {}
     for name in names:
         m = models[name]
-        entry = {"config": getattr(m, "_fast_cpu", None) or {"text": name, "image": name},
+        entry = {"config": fast.describe(m) or {"text": name, "image": name},
                  "setup_s": setup.get(name),
                  "texts_per_s": timing["texts"][name]["per_s"],
                  "images_per_s": timing["images"].get(name, {}).get("per_s"),

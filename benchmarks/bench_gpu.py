@@ -449,7 +449,7 @@ def _train_one(name, args, arch, device, pool, steps, loss_fn, B) -> dict:
                      f"{args.compile if args.compile == 'off' else args.compile_backend}, activation checkpointing="
                      f"{args.grad_ckpt or 'off'}, batch {B}")}
     log(f"  {res['quadruplets_per_s']} quadruplets/s, losses {res['losses'][:3]} ...")
-    del model, opt
+    model = opt = None  # frees the GPU memory before the next section (the closures above are done)
     return res
 
 
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         results["e2e"] = _guarded("e2e", lambda: run_e2e(args, arch, device, fast_model,
                                                          lambda: build_model(arch, "eager", device, seed=0).eval()))
         checkpoint()
-    del fast_model
+    fast_model = None  # frees the GPU memory before the training section
     _free(device)
     if not args.no_train:
         results["train"] = _guarded("train", lambda: run_training(args, arch, device))

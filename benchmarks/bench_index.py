@@ -192,7 +192,7 @@ def bench_e2e(X: np.ndarray, Q: np.ndarray, c: float, k: int, n_single: int, thr
     out: dict = {"build_s": t_build, "commit_s": t_commit, "open_s": t_open,
                  "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
     for mode in ("off", "filter", "redirect"):
-        out[mode] = time_single(lambda q: s.search(q, k=k, mode=mode), Q, n_single)
+        out[mode] = time_single(lambda q, mode=mode: s.search(q, k=k, mode=mode), Q, n_single)
         t0 = time.perf_counter()
         s.search(Q, k=k, mode=mode)
         dtb = time.perf_counter() - t0
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if di == 0:
             Xt = torch.from_numpy(X)
 
-            def torch_search(q: np.ndarray):
+            def torch_search(q: np.ndarray, Xt=Xt):
                 d = L.pairwise_dist(torch.from_numpy(q), Xt, c)
                 return torch.topk(d, k, dim=1, largest=False)
 

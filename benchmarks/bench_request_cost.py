@@ -89,7 +89,6 @@ def raise_fd_limit(want: int) -> int:
 
 
 def start_server(args, root: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
-    import httpx
 
     port = free_port()
     cmd = [sys.executable, __file__, "--serve", "--root", str(root), "--port", str(port),

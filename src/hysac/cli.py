@@ -111,6 +111,10 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except HySACError as e:
             _fail(str(e))
+        except ModuleNotFoundError as e:  # an optional part's package (an extra) is not installed
+            from .extras import missing_package_message
+
+            _fail(missing_package_message(e.name))
         except FileNotFoundError as e:
             _fail(f"file not found: {e.filename or e}")
         except RecursionError:
@@ -125,7 +129,7 @@ def friendly(fn):
             _fail(f"not valid UTF-8 (a file name or text with undecodable bytes): ...{bad}...")
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -242,7 +246,6 @@ def classify(
 ) -> None:
     """Score texts and images: distance from the origin (higher = more unsafe), unsafe flag, categories."""
     from .classify import classify_images, classify_texts, read_text_lines
-    from .images import expand_image_paths
 
     _check_texts(list(text))
     _check_number("--threshold", threshold, lo=0.0)
@@ -385,6 +388,9 @@ def demo(
 ) -> None:
     """The main job: index an emoji gallery and a text gallery, classify, and search in every safety mode."""
     from .demo import run_demo
+    from .extras import require
+
+    require("index")
 
     run_demo(out, model, k=k, echo=typer.echo)
 

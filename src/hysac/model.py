@@ -29,7 +29,8 @@ from .checkpoint import (CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, RELEASED_BOUN
                          WEIGHTS_NAME, convert_released_state_dict, is_our_format, mismatch_report, is_released_format,
                          load_released_state_dict, lora_config_from_released, read_config)
 from .errors import CheckpointError, InputError
-from .images import ImageLike, load_image
+from .images import ImageLike
+from .runtime import EncodeRuntime
 
 if TYPE_CHECKING:  # pragma: no cover
     from .policy import SafetyPolicy
@@ -95,6 +96,8 @@ class HySAC(nn.Module):
         #: what :meth:`from_pretrained` was given (registry name, absolute folder or hub id), so that an index can
         #: record a source that loads the same model again; None for a model built in memory
         self.source: str | None = None
+        #: how encode_text / encode_image run (the plain runtime; :func:`hysac.fast.optimize` installs a fast one)
+        self.runtime = EncodeRuntime()
 
     # ------------------------------------------------------------------------------------------------ scalars
     @property
@@ -129,70 +132,31 @@ class HySAC(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- encoding
     def encode_image(self, images: Tensor | ImageLike | Sequence[ImageLike], *, project: bool = True,
-                     batch_size: int = 32, progress: bool = False) -> Tensor:
+                     batch_size: int | None = None, progress: bool = False) -> Tensor:
         """Encode images: PIL images, file paths, or a preprocessed pixel tensor (B,3,H,W).
 
-        Returns (B,D) fp32 points on the hyperboloid (``project=False``: the Euclidean tower features). Any batch
-        size; chunks of ``batch_size``. Empty input → (0,D). Unreadable files → :class:`InputError` naming them.
-        """
-        if isinstance(images, Tensor):
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
-            L.check_finite(images, "pixel tensor")
-            chunks = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
-            loader = (c for c in chunks)
-            n = images.shape[0]
-        else:
-            if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
-                images = [images]  # type: ignore[list-item]
-            items = list(images)  # type: ignore[arg-type]
-            n = len(items)
-            loader = (self.backbone.preprocess_images([load_image(s) for s in items[i:i + batch_size]])
-                      for i in range(0, n, batch_size))
-        return self._encode(loader, n, self.backbone.image_features, self.lift_image, project, progress, "images")
+        Returns (B,D) fp32 points on the hyperboloid (``project=False``: the Euclidean tower features), on the CPU.
+        Any batch size; chunks of ``batch_size`` (default: the runtime's). Empty input → (0,D). Unreadable files →
+        :class:`InputError` naming them. Runs on :attr:`runtime` (:class:`hysac.runtime.EncodeRuntime`)."""
+        return self.runtime.encode_image(self, images, batch_size=batch_size, project=project, progress=progress)
 
-    def encode_text(self, texts: Tensor | str | Sequence[str], *, project: bool = True, batch_size: int = 256,
+    def encode_text(self, texts: Tensor | str | Sequence[str], *, project: bool = True, batch_size: int | None = None,
                     progress: bool = False) -> Tensor:
-        """Encode texts: strings or a token-id tensor (B,L). Returns (B,D) fp32 (see :meth:`encode_image`)."""
+        """Encode texts: strings or a token-id tensor (B,L). Returns (B,D) fp32 (see :meth:`encode_image`).
+        Strings are encoded in length-sorted batches and returned in input order; a token-id tensor is already
+        padded and runs in chunks as given."""
         if isinstance(texts, Tensor):
-            if texts.dim() != 2 or texts.is_floating_point():
-                raise InputError(f"token ids must be an integer tensor (B,L), got {texts.dtype} {tuple(texts.shape)}")
-            loader = ({"input_ids": texts[i:i + batch_size]} for i in range(0, texts.shape[0], batch_size))
-            n = texts.shape[0]
-        else:
-            items = check_texts(texts)
-            n = len(items)
-            loader = (self.backbone.tokenize(items[i:i + batch_size]) for i in range(0, n, batch_size))
-        return self._encode(loader, n, lambda tok: self.backbone.text_features(
-            tok["input_ids"].to(self.device),
-            None if tok.get("attention_mask") is None else tok["attention_mask"].to(self.device)),
-            self.lift_text, project, progress, "texts", pass_dict=True)
+            from .runtime import encode_token_ids
 
-    def _encode(self, loader, n, feature_fn, lift_fn, project, progress, what, pass_dict=False) -> Tensor:
-        if n == 0:
-            return torch.zeros(0, self.embed_dim)
-        out = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, desc=f"encoding {what}", unit=what[:-1])
-        try:
-            with torch.no_grad():
-                for batch in loader:
-                    if pass_dict:
-                        feats = feature_fn(batch)
-                        size = batch["input_ids"].shape[0]
-                    else:
-                        feats = feature_fn(batch.to(self.device))
-                        size = batch.shape[0]
-                    feats = feats.float()
-                    out.append((lift_fn(feats) if project else feats).cpu())
-                    if bar is not None:
-                        bar.update(size)
-        finally:
-            if bar is not None:
-                bar.close()  # also when an input fails: an error message then starts on its own line
-        return torch.cat(out)
+            return encode_token_ids(self, texts, batch_size=batch_size or self.runtime.text_batch, project=project)
+        return self.runtime.encode_text(self, check_texts(texts), batch_size=batch_size, project=project,
+                                        progress=progress)
+
+    def set_runtime(self, runtime: EncodeRuntime | None = None) -> "HySAC":
+        """Run :meth:`encode_text` / :meth:`encode_image` on ``runtime`` (None: the plain one). Fast paths
+        (:func:`hysac.fast.optimize`) call this; returns the model."""
+        self.runtime = runtime if runtime is not None else EncodeRuntime()
+        return self
 
     # ------------------------------------------------------------------------------------------------- safety
     def score(self, x_hyp: Tensor) -> Tensor:

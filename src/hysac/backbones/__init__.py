@@ -31,6 +31,12 @@ def build_backbone(config: dict[str, Any]) -> Backbone:
     return _REGISTRY[kind](config)
 
 
+def registered_kinds() -> list[str]:
+    """The registered backbone kinds (``"clip"``, ``"mini"`` when its packages are installed, …)."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
 def _load_builtin() -> None:
     # Import for the side effect of registration; kept lazy so `import hysac` stays light.
     from . import clip  # noqa: F401
@@ -40,4 +46,4 @@ def _load_builtin() -> None:
         pass
 
 
-__all__ = ["Backbone", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "build_backbone", "register_backbone", "registered_kinds"]

@@ -77,6 +77,11 @@ class Backbone(nn.Module, ABC):
     kind: str = ""
     #: size of the feature vectors returned by both towers
     embed_dim: int = 0
+    #: True when each tower is a pretrained *base* (:meth:`text_base_features`, :meth:`image_base_features`)
+    #: followed by a small trained head (:meth:`head_text`, :meth:`head_image`), so frozen base features can be
+    #: cached and only the heads run per training step; False when the features come straight from the towers
+    #: (then the base methods are the towers and the heads are the identity)
+    has_base_features: bool = False
 
     @abstractmethod
     def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
@@ -97,6 +102,69 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description from which the registry rebuilds this backbone (``kind`` included)."""
+
+    # -- optional capabilities (every caller goes through these; defaults describe a plain pair of towers) ----------
+    def text_base_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(B,L) tokens → (B, base dim) features of the pretrained text tower before the head (default: the
+        tower's features, :meth:`text_features`)."""
+        return self.text_features(input_ids, attention_mask)
+
+    def image_base_features(self, pixel_values: Tensor) -> Tensor:
+        """(B,3,H,W) → (B, base dim) features of the pretrained image tower before the head (default:
+        :meth:`image_features`)."""
+        return self.image_features(pixel_values)
+
+    def head_text(self, feats: Tensor) -> Tensor:
+        """(B, base dim) :meth:`text_base_features` → (B, embed_dim) (default: the identity)."""
+        return feats
+
+    def head_image(self, feats: Tensor) -> Tensor:
+        """(B, base dim) :meth:`image_base_features` → (B, embed_dim) (default: the identity)."""
+        return feats
+
+    def length_sorted_batches(self, texts: Sequence[str], batch_size: int) -> "tuple[list[int], Iterator[dict]]":
+        """``(order, batches)``: the text indices sorted by token length (stable), and an iterator of token dicts
+        (``input_ids``, ``attention_mask``) covering ``texts[order]`` ``batch_size`` at a time, each padded only
+        to its own longest text (so little padding is computed). Default: tokenise once with :meth:`tokenize` to
+        measure lengths and again per batch; backbones with a tokenizer override this to tokenise once
+        (:func:`bucketed_token_batches`)."""
+        texts = check_texts(texts)
+        lengths: list[int] = []
+        for i in range(0, len(texts), 1024):
+            lengths.extend(self.tokenize(texts[i:i + 1024])["attention_mask"].sum(dim=1).tolist())
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+
+        def gen() -> "Iterator[dict[str, Tensor]]":
+            for s in range(0, len(order), batch_size):
+                yield self.tokenize([texts[i] for i in order[s:s + batch_size]])
+
+        return order, gen()
+
+    @property
+    def has_lora(self) -> bool:
+        """True while the towers carry unmerged LoRA adapters (:meth:`merge_lora` folds them; default False)."""
+        return False
+
+    def engine_modules(self, fuse: bool = False) -> dict[str, nn.Module]:
+        """Plain ``nn.Module`` s computing :meth:`text_base_features` (``"text"``: ``(input_ids, attention_mask)
+        → (B, base dim)``) and :meth:`image_base_features` (``"image"``: ``pixel_values → (B, base dim)``) for
+        the towers that are frozen, which an inference runtime (:mod:`hysac.fast`: ONNX export, reduced
+        precision) may compile into a stand-in installed with :meth:`set_inference_engines`. ``fuse``: with
+        inference-only rewrites applied (e.g. batch norm folded into convolutions). Default: none (``{}``)."""
+        return {}
+
+    def set_inference_engines(self, text: Any = None, image: Any = None) -> None:
+        """Install stand-ins for :meth:`engine_modules` (``None`` removes one). A backbone without engine modules
+        accepts only ``None``."""
+        if text is not None or image is not None:
+            from ..errors import InputError
+
+            raise InputError(f"{type(self).__name__} takes no inference engines (it declares no engine_modules)")
+
+    @property
+    def inference_engines(self) -> dict[str, Any]:
+        """The installed stand-ins by tower (``"text"``, ``"image"``); empty by default."""
+        return {}
 
     def pixel_spec(self) -> "PixelSpec | None":
         """The image preprocessing as a :class:`~hysac.images.PixelSpec` (so it can run in loader workers as

@@ -183,6 +183,10 @@ class ClipBackbone(Backbone):
             self.textual = self.textual.merge_and_unload()
         self.lora = None
 
+    @property
+    def has_lora(self) -> bool:
+        return self.lora is not None
+
     # ---------------------------------------------------------------------------------------------- interface
     def preprocess_images(self, images: Sequence[Image.Image]) -> Tensor:
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -47,6 +47,7 @@ from ..errors import CheckpointError, InputError
 from ..images import PixelSpec, to_rgb
 from . import register_backbone
 from .base import Backbone, bucketed_token_batches, check_texts
+from .efficientnet_lite import FusedEfficientNetLite, is_efficientnet_lite
 
 TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
 IMAGE_MODEL_NAME = "efficientnet-lite0"
@@ -367,6 +368,7 @@ class MiniBackbone(Backbone):
         seed: seed of the head initialisation (the global RNG is left untouched).
     """
 
+    has_base_features = True
     text_base_dim = TEXT_BASE_DIM
     image_base_dim = IMAGE_BASE_DIM
     image_size = IMAGE_SIZE
@@ -638,9 +640,6 @@ class MiniBackbone(Backbone):
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
-    #: :func:`hysac.fast.encode_text_fast` (and ``HySAC.encode_text`` where it asks) may encode texts in
-    #: length-sorted batches through :meth:`length_sorted_batches`
-    length_bucketing: bool = True
 
     def length_sorted_batches(self, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
         """Tokenise ``texts`` once and batch them by token length.
@@ -682,6 +681,25 @@ class MiniBackbone(Backbone):
             return fmap.mean(dim=(2, 3))
 
     # ------------------------------------------------------------------ inference engines (hysac.fast)
+    def engine_modules(self, fuse: bool = False) -> dict[str, nn.Module]:
+        """The frozen towers as plain modules computing the base features: ``"text"`` (MiniLM + mean pool) unless
+        the tower has unfrozen layers or unmerged LoRA, ``"image"`` (EfficientNet-Lite + global average; with
+        ``fuse`` the BatchNorm-folded :class:`~hysac.backbones.efficientnet_lite.FusedEfficientNetLite`) unless
+        blocks are unfrozen."""
+        out: dict[str, nn.Module] = {}
+        if not self.unfreeze_text_layers and self.text_trainable_from() is None:
+            out["text"] = MeanPooledText(self.text_model)
+        if not self.unfreeze_image_blocks:
+            if fuse and is_efficientnet_lite(self.image_model):
+                out["image"] = FusedEfficientNetLite(self.image_model)
+            else:
+                out["image"] = PooledImage(self.image_model)
+        return out
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(self.text_lora) and not self._lora_merged
+
     def set_inference_engines(self, text: Any = None, image: Any = None) -> None:
         """Install faster stand-ins for the frozen towers (``None`` removes one), e.g. from :mod:`hysac.fast`.
 
@@ -935,6 +953,30 @@ class MiniBackbone(Backbone):
                 f"head={self.head_type}, image_bridge={self.image_bridge}, "
                 f"unfreeze_text_layers={self.unfreeze_text_layers}, "
                 f"unfreeze_image_blocks={self.unfreeze_image_blocks}")
+
+
+class MeanPooledText(nn.Module):
+    """``(input_ids, attention_mask) → (B,384)``: the MiniLM tower's mean-pooled output (its base features), as
+    one module an inference runtime can export."""
+
+    def __init__(self, text_model: nn.Module) -> None:
+        super().__init__()
+        self.text_model = text_model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden.float(), attention_mask)
+
+
+class PooledImage(nn.Module):
+    """``(B,3,H,W) → (B,1280)``: the EfficientNet-Lite tower's globally averaged features (its base features)."""
+
+    def __init__(self, image_model: nn.Module) -> None:
+        super().__init__()
+        self.image_model = image_model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.image_model.extract_features(pixel_values).mean(dim=(2, 3))
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:

@@ -142,24 +142,17 @@ def _baseline_list(v: Any, where: str) -> list[str]:
     return list(v)
 
 
-def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
-    """Validate a config mapping (from YAML) into an :class:`EvalConfig`."""
-    where = source or "config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}: the config must be a YAML mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+def _list_of(raw: Any, what: str, where: str) -> list:
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{where}: {what} must be a non-empty list")
+    return raw
 
-    models_raw = raw.get("models", [{"name": "hysac-mini", "path": "hysac-mini"}])
-    if isinstance(models_raw, (str, dict)):
-        models_raw = [models_raw]
-    if not isinstance(models_raw, list) or not models_raw:
-        raise InputError(f"{where}: models must be a non-empty list")
+
+def _parse_models(raw: Any, where: str) -> list[ModelSpec]:
     models = []
-    for i, m in enumerate(models_raw):
+    for i, m in enumerate(_list_of(raw, "models", where)):
         if isinstance(m, str):
             m = {"path": m}
         m = _mapping(m, f"{where}: models[{i}]")
@@ -177,14 +170,12 @@ def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InputError(f"{where}: model names must be unique, got {names}")
+    return models
 
-    ds_raw = raw.get("datasets", [{"name": "dev-test", "kind": "offline-dev", "split": "test"}])
-    if isinstance(ds_raw, (str, dict)):
-        ds_raw = [ds_raw]
-    if not isinstance(ds_raw, list) or not ds_raw:
-        raise InputError(f"{where}: datasets must be a non-empty list")
+
+def _parse_datasets(raw: Any, where: str) -> list[DatasetSpec]:
     datasets = []
-    for i, d in enumerate(ds_raw):
+    for i, d in enumerate(_list_of(raw, "datasets", where)):
         if isinstance(d, str):
             d = {"kind": d}
         d = dict(_mapping(d, f"{where}: datasets[{i}]"))
@@ -208,19 +199,21 @@ def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
     dnames = [d.name for d in datasets]
     if len(set(dnames)) != len(dnames):
         raise InputError(f"{where}: dataset names must be unique, got {dnames}")
+    return datasets
 
-    baselines = _baseline_list(raw.get("baselines", list(BASELINES)), f"{where}: baselines")
 
-    cfg = EvalConfig(out=Path(str(raw.get("out") or DEFAULT_OUT)), models=models, datasets=datasets,
-                     baselines=list(baselines), source=source)
-    r = _mapping(raw.get("retrieval"), f"{where}: retrieval")
+def _parse_retrieval(cfg: EvalConfig, raw: Any, where: str) -> None:
+    r = _mapping(raw, f"{where}: retrieval")
     bad = sorted(set(r) - {"ks", "traversal"})
     if bad:
         raise InputError(f"{where}: retrieval: unknown key(s) {', '.join(bad)} (allowed: ks, traversal)")
     if "ks" in r:
         cfg.ks = _int_list(r["ks"], f"{where}: retrieval.ks")
     cfg.traversal = bool(r.get("traversal", True))
-    c = _mapping(raw.get("classification"), f"{where}: classification")
+
+
+def _parse_classification(cfg: EvalConfig, raw: Any, where: str) -> None:
+    c = _mapping(raw, f"{where}: classification")
     bad = sorted(set(c) - {"fpr", "radius_sweep", "prob_sweep"})
     if bad:
         raise InputError(f"{where}: classification: unknown key(s) {', '.join(bad)}")
@@ -233,9 +226,10 @@ def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
         cfg.radius_sweep = _float_list(c["radius_sweep"], f"{where}: classification.radius_sweep")
     if "prob_sweep" in c:
         cfg.prob_sweep = _float_list(c["prob_sweep"], f"{where}: classification.prob_sweep")
-    p = raw.get("plots", {})
-    if isinstance(p, bool):
-        p = {"enabled": p}
+
+
+def _parse_plots(cfg: EvalConfig, raw: Any, where: str) -> None:
+    p = {"enabled": raw} if isinstance(raw, bool) else raw
     p = _mapping(p, f"{where}: plots")
     bad = sorted(set(p) - {"enabled", "poincare_per_class", "traversal_queries", "traversal_steps"})
     if bad:
@@ -248,21 +242,44 @@ def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
                 raise InputError(f"{where}: plots.{key} must be a non-negative integer "
                                  f"(traversal_steps >= 2), got {v!r}")
             setattr(cfg, key, v)
+
+
+def _parse_cache(raw: Any, where: str) -> str | None:
+    if raw is True:
+        return "default"
+    if raw is False or raw is None:
+        return None
+    if isinstance(raw, str) and raw.strip():
+        return raw
+    raise InputError(f"{where}: cache must be true, false or a folder, got {raw!r}")
+
+
+def parse_config(raw: Any, *, source: str | None = None) -> EvalConfig:
+    """Validate a config mapping (from YAML) into an :class:`EvalConfig`."""
+    where = source or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: the config must be a YAML mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    models = _parse_models(raw.get("models", [{"name": "hysac-mini", "path": "hysac-mini"}]), where)
+    datasets = _parse_datasets(raw.get("datasets", [{"name": "dev-test", "kind": "offline-dev", "split": "test"}]),
+                               where)
+    baselines = _baseline_list(raw.get("baselines", list(BASELINES)), f"{where}: baselines")
+    cfg = EvalConfig(out=Path(str(raw.get("out") or DEFAULT_OUT)), models=models, datasets=datasets,
+                     baselines=list(baselines), source=source)
+    _parse_retrieval(cfg, raw.get("retrieval"), where)
+    _parse_classification(cfg, raw.get("classification"), where)
+    _parse_plots(cfg, raw.get("plots", {}), where)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InputError(f"{where}: seed must be an integer, got {seed!r}")
     cfg.seed = seed
     cfg.device = raw.get("device")
     cfg.title = raw.get("title")
-    cache = raw.get("cache", True)
-    if cache is True:
-        cfg.cache = "default"
-    elif cache is False or cache is None:
-        cfg.cache = None
-    elif isinstance(cache, str) and cache.strip():
-        cfg.cache = cache
-    else:
-        raise InputError(f"{where}: cache must be true, false or a folder, got {cache!r}")
+    cfg.cache = _parse_cache(raw.get("cache", True), where)
     return cfg
 
 

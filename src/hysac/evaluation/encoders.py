@@ -234,7 +234,7 @@ class HyperbolicSpace(Space):
         self.c = float(model.curvature)
         self.has_traversal = model.bounds is not None
         bb = model.backbone
-        self._base = hasattr(bb, "text_base_features") and hasattr(bb, "head_text")
+        self._base = bb.has_base_features
         self.description = (f"HySAC ({type(bb).__name__}), c={self.c:.4g}, "
                             f"probe features: {'frozen base towers' if self._base else 'tower outputs (project=False)'}")
         self._texts = _FeatureCache(self._text_batch, "texts", batch_text, sort_by_length=True)

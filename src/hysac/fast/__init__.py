@@ -1,10 +1,10 @@
 """Fast inference paths: :mod:`~hysac.fast.cpu` (the offline model on a few CPU cores) and :mod:`~hysac.fast.gpu`
-(CLIP ViT-L/14 HySAC on a GPU), sharing length-bucketed text encoding (:mod:`~hysac.fast.text`) and the parallel
-image loader (:mod:`~hysac.fast.loader`).
+(CLIP ViT-L/14 HySAC on a GPU), with the parallel image loader (:mod:`~hysac.fast.loader`).
 
 :func:`optimize` picks the path for a device: ``optimize(model)`` → GPU path when CUDA is available, else CPU.
-Both change the model in place and make ``model.encode_text`` / ``model.encode_image`` the fast encoders, so the
-CLI, the service and the index builder get them through the ordinary model API.
+Both change the model in place and install their encode runtime (:class:`hysac.runtime.EncodeRuntime`) with
+``model.set_runtime``: ``model.encode_text`` / ``model.encode_image`` stay the model's own methods and run on it,
+so the CLI, the service and the index builder get the fast path through the ordinary model API.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from . import cpu, gpu, loader, text
+from . import cpu, gpu, loader
 from .cpu import *  # noqa: F401,F403 - optimize_for_cpu, restore_cpu_defaults, the CPU engines
 from .gpu import *  # noqa: F401,F403 - optimize_for_gpu, encode_image_device, set_attention
 from .loader import *  # noqa: F401,F403 - pixel_batches
-from .text import *  # noqa: F401,F403 - encode_text_fast, length_sorted_batches
 
-__all__ = sorted({"decodes_files", "describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__, *text.__all__})
+__all__ = sorted({"decodes_files", "describe", "optimize", *cpu.__all__, *gpu.__all__, *loader.__all__})
 
 
 def optimize(model, device: str | torch.device | None = None, **options):
@@ -40,15 +39,13 @@ def optimize(model, device: str | torch.device | None = None, **options):
 
 
 def describe(model) -> dict | None:
-    """What the fast path changed on ``model`` (``{"path": "cpu"|"gpu", ...}``), or None when it is not on."""
-    for path in ("cpu", "gpu"):
-        info = model.__dict__.get(f"_fast_{path}")
-        if info is not None:
-            return {"path": path, **info}
-    return None
+    """What the fast path changed on ``model`` (``{"path": "cpu"|"gpu", ...}``), or None when it is not on (or
+    ``model`` is another object with the encode API, which the index and service accept too)."""
+    runtime = getattr(model, "runtime", None)
+    return None if runtime is None else runtime.describe()
 
 
 def decodes_files(model) -> bool:
     """True when ``model.encode_image`` decodes file paths itself in parallel loader processes (the GPU fast
     path): callers holding paths should pass them as they are instead of decoding images first."""
-    return "_fast_gpu" in getattr(model, "__dict__", {})
+    return bool(getattr(getattr(model, "runtime", None), "decodes_files", False))

@@ -15,9 +15,9 @@ of the fp32 path: cosine >= 0.999, distance-to-origin relative error <= 1e-2, ch
   memory-efficient kernels) or ``"flash_attention_2"`` when that package is installed.
 * **Compilation** (``compile=True``): each tower is compiled in place (``nn.Module.compile``, so state-dict keys do
   not change). The first batches of each new shape are slow; worth it for long jobs.
-* **Encoding**: ``model.encode_text`` becomes length-bucketed (:func:`~hysac.fast.text.encode_text_fast`);
-  ``model.encode_image`` decodes files in ``workers`` processes into pinned ``uint8`` chunks, copies them to the
-  GPU without blocking and normalises there (:mod:`hysac.fast.loader`).
+* **Encoding**: the model's encode runtime becomes :class:`GpuRuntime`: length buckets capped at
+  ``text_batch_size``; ``model.encode_image`` decodes files in ``workers`` processes into pinned ``uint8``
+  chunks, copies them to the GPU without blocking and normalises there (:mod:`hysac.fast.loader`).
 
 It also runs on the CPU when asked explicitly (``device="cpu"``; :func:`~hysac.fast.cpu.optimize_for_cpu` is
 the better CPU path), which is how the tests exercise it.
@@ -25,7 +25,6 @@ the better CPU path), which is how the tests exercise it.
 
 from __future__ import annotations
 
-import functools
 import os
 from contextlib import nullcontext
 from typing import Any
@@ -35,9 +34,9 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .loader import pixel_batches
-from .text import Collector, check_batch_size, patched_encode_text, progress_bar
+from ..runtime import Collector, EncodeRuntime, check_batch_size, progress_bar
 
-__all__ = ["ATTENTIONS", "PRECISIONS", "encode_image_device", "optimize_for_gpu", "set_attention"]
+__all__ = ["ATTENTIONS", "PRECISIONS", "GpuRuntime", "encode_image_device", "optimize_for_gpu", "set_attention"]
 
 PRECISIONS = ("bf16", "fp32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2", "keep")
@@ -82,7 +81,8 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
     * ``workers`` / ``pin_memory``: image loader processes (default one per CPU, at most 16) and page-locked
       transfers (default on for CUDA).
     * ``text_batch_size`` / ``image_batch_size``: default batch sizes of the patched encoders.
-    * ``patch_encode``: make ``model.encode_text`` / ``model.encode_image`` the fast encoders.
+    * ``patch_encode``: run ``model.encode_text`` / ``model.encode_image`` on :class:`GpuRuntime` (False: the
+      plain runtime, e.g. to time the towers alone).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -103,13 +103,12 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device} requested but CUDA is not available")
     bb = model.backbone
-    if hasattr(bb, "set_inference_engines"):
-        bb.set_inference_engines(None, None)  # CPU engines do not apply on this path
+    bb.set_inference_engines(None, None)  # CPU engines do not apply on this path
     # the identity indexes record is that of the weights as loaded: fix it before merging / casting them
     model.model_id  # noqa: B018 - computes and caches
     model.eval()
     merged = False
-    if merge_lora and getattr(bb, "lora", None):
+    if merge_lora and bb.has_lora:
         model.merge_lora()
         merged = True
     model.to(device)
@@ -123,7 +122,7 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
             weights = "fp32 (bf16 autocast)"
     attn = set_attention(bb, attention)
     if compile:
-        for name, tower in bb.towers().items():
+        for tower in bb.towers().values():
             kw: dict[str, Any] = {"backend": compile_backend}
             if compile_mode:
                 kw["mode"] = compile_mode
@@ -134,22 +133,35 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
     info = {"device": str(device), "weights": weights, "autocast": None if autocast is None else str(autocast),
             "attention": attn, "lora_merged": merged, "compiled": bool(compile),
             "workers": workers, "pin_memory": pin_memory, "patched_encode": bool(patch_encode)}
-    for name in ("encode_text", "encode_image"):
-        model.__dict__.pop(name, None)
     if patch_encode:
-        object.__setattr__(model, "encode_text", patched_encode_text(model, text_batch_size, autocast))
-        object.__setattr__(model, "encode_image", functools.partial(
-            _encode_image, model, default_batch=image_batch_size, workers=workers, pin_memory=pin_memory,
-            autocast=autocast))
-    model.__dict__.pop("_fast_cpu", None)
-    object.__setattr__(model, "_fast_gpu", info)
+        model.set_runtime(GpuRuntime(text_batch=text_batch_size, image_batch=image_batch_size, autocast=autocast,
+                                     workers=workers, pin_memory=pin_memory, info=info))
+    else:
+        model.set_runtime(None)
     return model
 
 
-def _encode_image(model, images, *, project: bool = True, batch_size: int | None = None, progress: bool = False,
-                  default_batch: int = IMAGE_BATCH, workers=None, pin_memory=None, autocast=None) -> Tensor:
-    return encode_image_device(model, images, batch_size=batch_size or default_batch, project=project,
-                               progress=progress, workers=workers, pin_memory=pin_memory, autocast=autocast)
+class GpuRuntime(EncodeRuntime):
+    """The GPU fast path's encode runtime: length buckets capped at ``text_batch``, towers under ``autocast``
+    where their weights could not be cast, and images decoded in loader processes into pinned memory
+    (:func:`encode_image_device`)."""
+
+    path = "gpu"
+    decodes_files = True
+
+    def __init__(self, *, text_batch: int = TEXT_BATCH, image_batch: int = IMAGE_BATCH,
+                 autocast: torch.dtype | None = None, workers: int | None = None, pin_memory: bool | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        super().__init__(text_batch=text_batch, image_batch=image_batch, max_text_batch=text_batch,
+                         autocast=autocast, info=info)
+        self.workers = workers
+        self.pin_memory = pin_memory
+
+    def encode_image(self, model, images, *, batch_size: int | None = None, project: bool = True,
+                     progress: bool = False) -> Tensor:
+        return encode_image_device(model, images, batch_size=self.image_batch if batch_size is None else batch_size,
+                                   project=project, progress=progress, workers=self.workers,
+                                   pin_memory=self.pin_memory, autocast=self.autocast)
 
 
 def _tower_dtype(bb) -> torch.dtype:

@@ -69,6 +69,11 @@ def _run_job(job, src: Path, dest: Path, model_name: str | None, *, engine: str,
              ray_concurrency: int, progress: bool, json_out: bool, fast: bool, **kw: Any) -> None:
     """What ``build`` and ``add`` share: load the model (on the fast path if asked; each Ray actor loads its own
     the same way), run ``job`` (``build_index`` / ``add_to_index``), print its report."""
+    from ..extras import require
+
+    require("index")
+    if engine == "ray":
+        require("ray")
     m = _load_model(model_name, fast)
     report = job(src, dest, m, batch_size=batch_size, engine=engine, column=column, progress=progress,
                  model_factory=_model_factory(model_name, fast) if engine == "ray" else None,
@@ -285,6 +290,9 @@ def search_command(
 
     Queries are answered in the order: --text values, then --text-file lines, then --image values.
     """
+    from ..extras import require
+
+    require("index")
     from .search import MODES, RERANKS, IndexSearcher
     from .store import MODALITIES, IndexStore
 

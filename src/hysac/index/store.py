@@ -393,8 +393,8 @@ class IndexStore:
             raise ModelMismatchError(
                 f"index {self.root} was built with model {self.model_id!r}; refusing model {mid!r}"
             )
-        dim = int(getattr(model, "embed_dim"))
-        curv = float(getattr(model, "curvature"))
+        dim = int(model.embed_dim)
+        curv = float(model.curvature)
         if dim != self.embed_dim or not math.isclose(curv, self.curvature, rel_tol=1e-5, abs_tol=1e-8):
             raise ModelMismatchError(
                 f"index {self.root} holds {self.embed_dim}-d points of curvature {self.curvature:g}; model "

@@ -102,7 +102,7 @@ class Featurizer:
         self._decoded: dict[tuple[int, ...], Any] = {}  # image index tuple → Future of uint8 pixels
         bb = model.backbone
         frozen = not any(p.requires_grad for n, p in bb.named_parameters() if "head" not in n)
-        self.cached = bool(use_cache and frozen and hasattr(bb, "text_base_features"))
+        self.cached = bool(use_cache and frozen and bb.has_base_features)
         # a text tower that trains only in its top layers (LoRA / unfrozen) beside a frozen image tower: the
         # trunk's token states and the image features are cached, the top layers and heads run per step
         text_from = bb.text_trainable_from()
@@ -255,12 +255,10 @@ def frozen_text_space(backbone, texts: list[str], device, memo: dict[str, Tensor
     ``memo`` (text → feature) avoids encoding a text twice; the feature cache reuses it for frozen towers."""
     memo = {} if memo is None else memo
     todo = list(dict.fromkeys(t for t in texts if t not in memo))
-    fn = getattr(backbone, "text_base_features", None) or backbone.text_features
+    fn = backbone.text_base_features
     from tqdm.auto import tqdm
 
-    from ..fast.text import length_sorted_batches
-
-    order, batches = length_sorted_batches(backbone, todo, 128)  # little padding is computed
+    order, batches = backbone.length_sorted_batches(todo, 128)  # little padding is computed
     done = 0
     with torch.no_grad():
         for tok in tqdm(batches, total=-(-len(todo) // 128), desc="encoding texts", unit="batch",
@@ -339,7 +337,7 @@ class Trainer:
         perf = dict(cfg.get("perf") or {})
         cpu_engines = bool(perf.pop("cpu_engines", False))
         self.perf = apply_perf(self.model, perf, log=self.log if self.rank == 0 else None)
-        if cpu_engines and self.device.type == "cpu" and hasattr(self.model.backbone, "set_inference_engines"):
+        if cpu_engines and self.device.type == "cpu" and self.model.backbone.engine_modules():
             # frozen towers through ONNX Runtime / fused engines while caching features (cosine >= 0.999)
             from ..fast.cpu import optimize_for_cpu
 
@@ -426,7 +424,7 @@ class Trainer:
 
     def _memo_path(self, cache_dir: Path) -> Path | None:
         bb = self.model.backbone
-        if not hasattr(bb, "text_base_features"):
+        if not bb.has_base_features:
             return None  # only frozen base features are reusable across runs
         key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if _tower_key(k) and k != "text_lora"},
                                         sort_keys=True).encode()).hexdigest()[:20]

@@ -1,0 +1,236 @@
+"""How a model encodes: the one path behind :meth:`HySAC.encode_text <hysac.model.HySAC.encode_text>` and
+:meth:`~hysac.model.HySAC.encode_image`.
+
+Texts are tokenised once, **sorted by token length**, encoded in length-homogeneous batches (each padded only to
+its own longest text) and returned in input order; padding is masked out, so sorting changes only float summation
+order. Images are preprocessed a batch at a time (optionally the next batch in a background thread while the
+tower runs). Everything runs under :func:`torch.inference_mode` on the model's device and returns ordinary fp32
+CPU tensors.
+
+A model holds one :class:`EncodeRuntime` (``model.runtime``), chosen at construction (this plain one) or by a fast
+path (:func:`hysac.fast.optimize` installs a tuned one: batch caps, autocast, prefetching, a GPU image loader).
+The runtime never replaces the model's methods: the methods call it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import HySAC
+
+__all__ = ["EncodeRuntime", "Collector", "check_batch_size", "encode_texts_sorted", "encode_images_chunked",
+           "progress_bar"]
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """A positive integer batch size, else :class:`InputError`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, float)) or int(batch_size) != batch_size \
+            or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def progress_bar(progress: bool, total: int, what: str):
+    """A tqdm bar over ``total`` items when ``progress``, else None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"encoding {what}", unit=what[:-1])
+
+
+class Collector:
+    """Per-batch outputs kept on their device and copied to the CPU in groups of ``flush_every`` batches, so that
+    the host never waits for the accelerator after each batch (and can prepare the next one meanwhile)."""
+
+    def __init__(self, flush_every: int = 64) -> None:
+        self.flush_every = int(flush_every)
+        self.pending: list[Tensor] = []
+        self.host: list[Tensor] = []
+
+    def add(self, x: Tensor) -> None:
+        self.pending.append(x)
+        if len(self.pending) >= self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.host.append(torch.cat(self.pending).cpu())
+            self.pending = []
+
+    def result(self) -> Tensor:
+        """All outputs, concatenated, on the CPU. Called outside ``inference_mode``: an ordinary tensor."""
+        self._flush()
+        return torch.cat(self.host)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+
+
+def encode_texts_sorted(model: "HySAC", texts: Sequence[str], *, batch_size: int, project: bool = True,
+                        progress: bool = False, autocast: torch.dtype | None = None) -> Tensor:
+    """(N,) strings → (N,D) fp32 CPU points (``project=False``: tower features), in input order, encoded in
+    length-sorted batches of at most ``batch_size`` (:meth:`Backbone.length_sorted_batches`). ``autocast``: run
+    the towers under ``torch.autocast`` in that dtype (the lift stays fp32)."""
+    batch_size = check_batch_size(batch_size)
+    if not texts:
+        return torch.zeros(0, model.embed_dim)
+    bb, device = model.backbone, model.device
+    order, batches = bb.length_sorted_batches(texts, batch_size)
+    bar = progress_bar(progress, len(texts), "texts")
+    ctx = _autocast(device, autocast)
+    out = Collector()
+    try:
+        with torch.inference_mode():
+            for tok in batches:
+                mask = tok.get("attention_mask")
+                with ctx():
+                    feats = bb.text_features(tok["input_ids"].to(device, non_blocking=True),
+                                             None if mask is None else mask.to(device, non_blocking=True))
+                feats = feats.float()
+                out.add(model.lift_text(feats) if project else feats)
+                if bar is not None:
+                    bar.update(int(tok["input_ids"].shape[0]))
+    finally:
+        if bar is not None:
+            bar.close()  # also when an input fails: an error message then starts on its own line
+    stacked = out.result()
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return stacked.index_select(0, inverse)
+
+
+def encode_token_ids(model: "HySAC", input_ids: Tensor, *, batch_size: int, project: bool = True) -> Tensor:
+    """(B,L) token ids (already padded) → (B,D), in chunks of ``batch_size``."""
+    if input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise InputError(f"token ids must be an integer tensor (B,L), got {input_ids.dtype} "
+                         f"{tuple(input_ids.shape)}")
+    batch_size = check_batch_size(batch_size)
+    if input_ids.shape[0] == 0:
+        return torch.zeros(0, model.embed_dim)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, input_ids.shape[0], batch_size):
+            feats = model.backbone.text_features(input_ids[i:i + batch_size].to(model.device)).float()
+            out.append((model.lift_text(feats) if project else feats).cpu())
+    return torch.cat(out)
+
+
+def _pixel_batches(model: "HySAC", images: Any, batch_size: int, prefetch: bool) -> tuple[int, Iterable[Tensor]]:
+    from . import lorentz as L
+    from .images import load_image
+
+    if isinstance(images, Tensor):
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
+        L.check_finite(images, "pixel tensor")
+        n = int(images.shape[0])
+        return n, (images[i:i + batch_size] for i in range(0, n, batch_size))
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):  # one path or one PIL image
+        images = [images]
+    items = list(images)
+
+    def prep(i: int) -> Tensor:
+        return model.backbone.preprocess_images([load_image(s) for s in items[i:i + batch_size]])
+
+    starts = range(0, len(items), batch_size)
+    return len(items), (_prefetched(prep, starts) if prefetch and len(items) > batch_size else map(prep, starts))
+
+
+def encode_images_chunked(model: "HySAC", images: Any, *, batch_size: int, project: bool = True,
+                          progress: bool = False, prefetch: bool = False,
+                          autocast: torch.dtype | None = None) -> Tensor:
+    """PIL images, file paths or a (B,3,H,W) pixel tensor → (B,D) fp32 CPU points, ``batch_size`` at a time.
+    ``prefetch``: decode and preprocess the next batch in a background thread while the tower runs (same pixels,
+    same order). Unreadable files → :class:`InputError` naming them."""
+    batch_size = check_batch_size(batch_size)
+    n, batches = _pixel_batches(model, images, batch_size, prefetch)
+    if n == 0:
+        return torch.zeros(0, model.embed_dim)
+    device = model.device
+    ctx = _autocast(device, autocast)
+    bar = progress_bar(progress, n, "images")
+    out = Collector()
+    try:
+        with torch.inference_mode():
+            for px in batches:
+                with ctx():
+                    feats = model.backbone.image_features(px.to(device))
+                feats = feats.float()
+                out.add(model.lift_image(feats) if project else feats)
+                if bar is not None:
+                    bar.update(int(px.shape[0]))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out.result()
+
+
+def _prefetched(fn: Callable[[int], Tensor], starts: Iterable[int]) -> Iterator[Tensor]:
+    """fn(start) for each start, computing the next one in a worker thread while the caller uses the current."""
+    starts = list(starts)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hysac-prefetch") as pool:
+        pending = pool.submit(fn, starts[0])
+        try:
+            for nxt in starts[1:]:
+                current = pending.result()
+                pending = pool.submit(fn, nxt)
+                yield current
+            yield pending.result()
+        finally:
+            pending.cancel()
+
+
+class EncodeRuntime:
+    """How a model's encode methods run. The plain runtime: length-sorted text batches of ``text_batch``
+    (a caller's larger batch size is capped at ``max_text_batch`` when set: a batch size is a memory bound, not a
+    request for padding), image batches of ``image_batch``, optional image prefetching and autocast.
+
+    ``path`` names the runtime (``"plain"``, ``"cpu"``, ``"gpu"``); ``info`` records what a fast path changed
+    (:func:`hysac.fast.describe`); ``decodes_files``: :meth:`encode_image` decodes file paths itself in parallel
+    loader processes, so callers holding paths should pass them as they are."""
+
+    path = "plain"
+    decodes_files = False
+
+    def __init__(self, *, text_batch: int = 256, image_batch: int = 32, max_text_batch: int | None = None,
+                 autocast: torch.dtype | None = None, image_prefetch: bool = False,
+                 info: dict[str, Any] | None = None) -> None:
+        self.text_batch = check_batch_size(text_batch)
+        self.image_batch = check_batch_size(image_batch)
+        self.max_text_batch = None if max_text_batch is None else check_batch_size(max_text_batch)
+        self.autocast = autocast
+        self.image_prefetch = bool(image_prefetch)
+        self.info = info
+
+    def describe(self) -> dict[str, Any] | None:
+        """``{"path": ..., **info}`` for a fast path, None for the plain runtime."""
+        return None if self.info is None else {"path": self.path, **self.info}
+
+    def encode_text(self, model: "HySAC", texts: Sequence[str], *, batch_size: int | None = None,
+                    project: bool = True, progress: bool = False) -> Tensor:
+        batch = check_batch_size(batch_size) if batch_size is not None else self.text_batch
+        if self.max_text_batch is not None:
+            batch = min(batch, self.max_text_batch)
+        return encode_texts_sorted(model, texts, batch_size=batch, project=project, progress=progress,
+                                   autocast=self.autocast)
+
+    def encode_image(self, model: "HySAC", images: Any, *, batch_size: int | None = None, project: bool = True,
+                     progress: bool = False) -> Tensor:
+        return encode_images_chunked(model, images,
+                                     batch_size=self.image_batch if batch_size is None else batch_size, project=project,
+                                     progress=progress, prefetch=self.image_prefetch, autocast=self.autocast)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, text_batch={self.text_batch}, " \
+               f"image_batch={self.image_batch})"

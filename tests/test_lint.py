@@ -1,0 +1,28 @@
+"""ruff (rules in pyproject.toml) is clean on the package, the tests, the benchmarks and the scripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ruff() -> list[str]:
+    exe = Path(sys.executable).with_name("ruff")
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("ruff")
+    if found is None:
+        pytest.fail("ruff is not installed: it comes with the dev extra (pip install -e '.[dev]')")
+    return [found]
+
+
+def test_ruff_is_clean():
+    proc = subprocess.run([*_ruff(), "check", "--no-cache", "--output-format", "concise", "src", "tests",
+                           "benchmarks", "scripts"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
