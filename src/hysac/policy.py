@@ -32,8 +32,8 @@ from .errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     from .model import HySAC
 
-Modality = Literal["text", "image"]
-MODALITIES: tuple[str, ...] = ("text", "image")
+Modality = S.Modality
+MODALITIES: tuple[str, ...] = S.MODALITIES
 
 
 class Mode(str, Enum):

@@ -47,6 +47,8 @@ CLASS_NAMES = {"S": "safe text", "V": "safe image", "U": "unsafe text", "G": "un
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 
 Modality = Literal["text", "image"]
+#: the modalities, in the order every report and answer lists them
+MODALITIES: tuple[str, ...] = ("text", "image")
 #: target class of a traversal toward the safe region of each modality
 SAFE_CLASS = {"text": "S", "image": "V"}
 UNSAFE_CLASS = {"text": "U", "image": "G"}

@@ -30,7 +30,7 @@ from torch import Tensor
 from .. import lorentz as L
 from .. import safety as S
 from ..errors import InputError
-from ..safety import Modality
+from ..safety import MODALITIES, Modality
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class HyperbolicSpace(Space):
         if cache_dir is not None and self._base:
             key = self._frozen_key()
             if key is not None:
-                for mod in ("text", "image"):
+                for mod in MODALITIES:
                     self._stores[mod] = FeatureStore(Path(cache_dir) / f"{key}-{mod}.pt")
         self._gal_ref: Tensor | None = None
         self._gal_aug: Tensor | None = None
@@ -395,14 +395,14 @@ class HyperbolicSpace(Space):
                     "traversal_rule": dict(m.traversal)})
         if m.bounds is not None:
             taus = {}
-            for mod in ("text", "image"):
+            for mod in MODALITIES:
                 for key, mode in (("redirect", "redirect"), ("seek_unsafe", "seek-unsafe")):
                     try:
                         taus[f"{key}_{mod}"] = float(m.policy.radius(mode, mod))
                     except InputError:
                         pass
             out["taus"] = taus
-            out["thresholds"] = {mod: self.threshold(mod) for mod in ("text", "image")}
+            out["thresholds"] = {mod: self.threshold(mod) for mod in MODALITIES}
         return out
 
 

@@ -16,7 +16,7 @@ import torch
 from .. import metrics as M
 from .. import safety as S
 from ..errors import InputError
-from ..safety import CATEGORIES
+from ..safety import CATEGORIES, MODALITIES
 from . import baselines as B
 from . import plots as P
 from .classification import category_head_metrics, classification_metrics, radius_sweep
@@ -371,7 +371,7 @@ class Evaluation:
         slug = _slug(f"{ds.name}-{sp.name}")
         fig_dir = self.out / "figures"
         if sp.has_radius and dists:
-            th = {m: sp.threshold(m) for m in ("text", "image")}
+            th = {m: sp.threshold(m) for m in MODALITIES}
             th = {k: v for k, v in th.items() if v is not None}
             p = P.radius_histograms(dists, fig_dir / f"{slug}-radius-hist.png", thresholds=th,
                                     title=f"{sp.name} on {ds.name}: distance from the origin per class")
@@ -397,7 +397,7 @@ class Evaluation:
                                           "points per class)")
                 self._fig(p, "Poincaré-disk view of a sample: radius r = tanh(√c·d/2) from the geodesic distance d, "
                              "angle from a 2-D PCA of the embedding directions.", ds.name, sp.name, "poincare")
-        for modality in ("text", "image"):
+        for modality in MODALITIES:
             if curves[modality]:
                 p = P.roc_curves(curves[modality], fig_dir / f"{slug}-roc-{modality}.png",
                                  title=f"{sp.name} on {ds.name}: unsafe-{modality} detection ROC (with baselines)")

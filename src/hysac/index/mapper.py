@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..policy import over_threshold
-from ..safety import CATEGORIES
+from ..safety import CATEGORIES, MODALITIES
 from .reader import Item
 
 __all__ = ["ItemError", "EncodedBatch", "Mapper", "load_image"]
@@ -224,7 +224,7 @@ class Mapper:
         items = list(items)
         texts = [it for it in items if it.modality == "text"]
         images = [it for it in items if it.modality == "image"]
-        others = [it for it in items if it.modality not in ("text", "image")]
+        others = [it for it in items if it.modality not in MODALITIES]
         errors = [ItemError(it.key, it.modality, it.content, f"unknown modality {it.modality!r}", "read")
                   for it in others]
         t_items, t_embs, t_err = self._encode_texts(texts) if texts else ([], [], [])

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ..policy import over_threshold
+from ..policy import MODALITIES, over_threshold
 from .engine import Engine
 from .requests import ImageDecoder, Limits
 
@@ -31,7 +31,7 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         if not self.thresholds:
-            self.thresholds = {mod: float(self.model.unsafe_threshold(mod)) for mod in ("text", "image")}
+            self.thresholds = {mod: float(self.model.unsafe_threshold(mod)) for mod in MODALITIES}
 
     @property
     def searcher(self) -> Any | None:

@@ -10,7 +10,7 @@ import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ...policy import Mode
+from ...policy import MODALITIES, Mode
 from ..answers import image_url, query_info, result_dict
 from ..errors import clean
 from ..openapi import BINARY, ERRORS, body_spec
@@ -100,7 +100,7 @@ def _plot(st: ServiceState, x: torch.Tensor, y: torch.Tensor, queries: list[dict
         if r.modality == "image":
             p["image_url"] = image_url(r.id)
         points.append(p)
-    rings = [{"label": f"{mod} threshold", "distance": st.thresholds[mod]} for mod in ("text", "image")]
+    rings = [{"label": f"{mod} threshold", "distance": st.thresholds[mod]} for mod in MODALITIES]
     rings.append({"label": "redirect radius" if direction == "in" else "seek-unsafe radius", "distance": tau})
     for ring in rings:
         ring["radius"] = float(poincare_radius(ring["distance"], c))
