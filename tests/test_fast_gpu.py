@@ -21,14 +21,9 @@ from hysac.backbones.clip import ClipBackbone
 from hysac.errors import InputError
 from hysac.images import PixelSpec
 from hysac.model import HySAC
-from hysac.testing import TINY_LORA, make_tiny_clip_folder
+from hysac.testing import TINY_LORA
 
 COS_MIN, DIST_RTOL = 0.999, 1e-2
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory) -> Path:
-    return make_tiny_clip_folder(tmp_path_factory.mktemp("clip"), image_size=28)
 
 
 def _model(folder: Path) -> HySAC:

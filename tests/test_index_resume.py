@@ -16,7 +16,7 @@ import pandas as pd
 
 from hysac.index import IndexSearcher, IndexStore, build_index
 
-FAKE = Path(__file__).with_name("test_index_fake.py")
+FAKE = Path(__file__).with_name("index_fake.py")
 
 
 def _fake():

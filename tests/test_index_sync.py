@@ -25,7 +25,7 @@ from conftest import load_index_fake
 from hysac.index import MODES, IndexSearcher, IndexStore, Item, add_to_index, build_index, open_source
 from hysac.index.reader import content_fingerprint, key_slot
 
-FAKE = Path(__file__).with_name("test_index_fake.py")
+FAKE = Path(__file__).with_name("index_fake.py")
 
 
 

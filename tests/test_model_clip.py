@@ -14,14 +14,6 @@ from hysac.testing import TINY_LORA, make_released_checkpoint, make_tiny_clip_fo
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
-    root = tmp_path_factory.mktemp("released")
-    clip = make_tiny_clip_folder(root / "clip")
-    ck = make_released_checkpoint(root / "hysac", clip)
-    return clip, ck
-
-
-@pytest.fixture(scope="module")
 def model(released):
     clip, ck = released
     return HySAC.from_pretrained(ck, backbone=clip)
