@@ -152,6 +152,15 @@ class HySAC(nn.Module):
         return self.runtime.encode_text(self, check_texts(texts), batch_size=batch_size, project=project,
                                         progress=progress)
 
+    def base_features(self, inputs: Any, modality: Modality, *, batch_size: int | None = None,
+                      progress: bool = False) -> Tensor:
+        """(N, base dim) features of the backbone's pretrained towers before its heads (texts, or images as for
+        :meth:`encode_image`) — what a linear probe on the same encoder is trained on. For backbones without
+        separate heads (CLIP) these are the tower features (``project=False``)."""
+        if modality == "text" and not isinstance(inputs, Tensor):
+            inputs = check_texts(inputs)
+        return self.runtime.base_features(self, inputs, modality, batch_size=batch_size, progress=progress)
+
     def set_runtime(self, runtime: EncodeRuntime | None = None) -> "HySAC":
         """Run :meth:`encode_text` / :meth:`encode_image` on ``runtime`` (None: the plain one). Fast paths
         (:func:`hysac.fast.optimize`) call this; returns the model."""

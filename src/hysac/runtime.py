@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -25,6 +26,7 @@ from torch import Tensor
 from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .feature_cache import FeatureStore
     from .model import HySAC
 
 __all__ = ["EncodeRuntime", "Collector", "check_batch_size", "encode_texts_sorted", "encode_images_chunked",
@@ -78,14 +80,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def encode_texts_sorted(model: "HySAC", texts: Sequence[str], *, batch_size: int, project: bool = True,
-                        progress: bool = False, autocast: torch.dtype | None = None) -> Tensor:
-    """(N,) strings → (N,D) fp32 CPU points (``project=False``: tower features), in input order, encoded in
-    length-sorted batches of at most ``batch_size`` (:meth:`Backbone.length_sorted_batches`). ``autocast``: run
-    the towers under ``torch.autocast`` in that dtype (the lift stays fp32)."""
+                        progress: bool = False, autocast: torch.dtype | None = None, base: bool = False) -> Tensor:
+    """(N,) strings → (N,D) fp32 CPU points (``project=False``: tower features; ``base=True``: the base features
+    before the heads, :meth:`Backbone.text_base_features`), in input order, encoded in length-sorted batches of at
+    most ``batch_size`` (:meth:`Backbone.length_sorted_batches`). ``autocast``: run the towers under
+    ``torch.autocast`` in that dtype (the lift stays fp32)."""
     batch_size = check_batch_size(batch_size)
-    if not texts:
-        return torch.zeros(0, model.embed_dim)
     bb, device = model.backbone, model.device
+    if not texts:
+        return torch.zeros(0, _base_dim(bb, "text") if base else model.embed_dim)
+    features = bb.text_base_features if base else bb.text_features
     order, batches = bb.length_sorted_batches(texts, batch_size)
     bar = progress_bar(progress, len(texts), "texts")
     ctx = _autocast(device, autocast)
@@ -95,10 +99,10 @@ def encode_texts_sorted(model: "HySAC", texts: Sequence[str], *, batch_size: int
             for tok in batches:
                 mask = tok.get("attention_mask")
                 with ctx():
-                    feats = bb.text_features(tok["input_ids"].to(device, non_blocking=True),
-                                             None if mask is None else mask.to(device, non_blocking=True))
+                    feats = features(tok["input_ids"].to(device, non_blocking=True),
+                                     None if mask is None else mask.to(device, non_blocking=True))
                 feats = feats.float()
-                out.add(model.lift_text(feats) if project else feats)
+                out.add(model.lift_text(feats) if project and not base else feats)
                 if bar is not None:
                     bar.update(int(tok["input_ids"].shape[0]))
     finally:
@@ -149,14 +153,16 @@ def _pixel_batches(model: "HySAC", images: Any, batch_size: int, prefetch: bool)
 
 def encode_images_chunked(model: "HySAC", images: Any, *, batch_size: int, project: bool = True,
                           progress: bool = False, prefetch: bool = False,
-                          autocast: torch.dtype | None = None) -> Tensor:
-    """PIL images, file paths or a (B,3,H,W) pixel tensor → (B,D) fp32 CPU points, ``batch_size`` at a time.
-    ``prefetch``: decode and preprocess the next batch in a background thread while the tower runs (same pixels,
-    same order). Unreadable files → :class:`InputError` naming them."""
+                          autocast: torch.dtype | None = None, base: bool = False) -> Tensor:
+    """PIL images, file paths or a (B,3,H,W) pixel tensor → (B,D) fp32 CPU points, ``batch_size`` at a time
+    (``base=True``: the base features before the heads). ``prefetch``: decode and preprocess the next batch in a
+    background thread while the tower runs (same pixels, same order). Unreadable files → :class:`InputError`
+    naming them."""
     batch_size = check_batch_size(batch_size)
     n, batches = _pixel_batches(model, images, batch_size, prefetch)
     if n == 0:
-        return torch.zeros(0, model.embed_dim)
+        return torch.zeros(0, _base_dim(model.backbone, "image") if base else model.embed_dim)
+    features = model.backbone.image_base_features if base else model.backbone.image_features
     device = model.device
     ctx = _autocast(device, autocast)
     bar = progress_bar(progress, n, "images")
@@ -165,15 +171,19 @@ def encode_images_chunked(model: "HySAC", images: Any, *, batch_size: int, proje
         with torch.inference_mode():
             for px in batches:
                 with ctx():
-                    feats = model.backbone.image_features(px.to(device))
+                    feats = features(px.to(device))
                 feats = feats.float()
-                out.add(model.lift_image(feats) if project else feats)
+                out.add(model.lift_image(feats) if project and not base else feats)
                 if bar is not None:
                     bar.update(int(px.shape[0]))
     finally:
         if bar is not None:
             bar.close()
     return out.result()
+
+
+def _base_dim(backbone: Any, modality: str) -> int:
+    return int(backbone.base_dim(modality))
 
 
 def _prefetched(fn: Callable[[int], Tensor], starts: Iterable[int]) -> Iterator[Tensor]:
@@ -212,6 +222,72 @@ class EncodeRuntime:
         self.autocast = autocast
         self.image_prefetch = bool(image_prefetch)
         self.info = info
+        #: base-feature caches by modality (:meth:`with_cache`); None: every call encodes
+        self.cache: dict[str, FeatureStore] | None = None
+
+    def with_cache(self, model: "HySAC", cache_dir: str | os.PathLike | None = None) -> "EncodeRuntime":
+        """A copy of this runtime that keeps the base features it computes (in memory; also in ``cache_dir`` when
+        given and the towers have a stable :func:`~hysac.feature_cache.tower_key`) and encodes from them: base
+        features → heads → lift, the same computation as the towers' own :meth:`Backbone.text_features` /
+        :meth:`~Backbone.image_features`. For a model whose weights no longer change (evaluation, reports)."""
+        import copy
+
+        from .feature_cache import FeatureStore, tower_key
+
+        out = copy.copy(self)
+        key = tower_key(model.backbone) if cache_dir is not None else None
+        out.cache = {mod: FeatureStore(None if key is None else Path(cache_dir) / f"{key}-{mod}.pt")
+                     for mod in ("text", "image")}
+        return out
+
+    def flush_cache(self) -> None:
+        """Write the disk caches of :meth:`with_cache` (no-op without them)."""
+        for store in (self.cache or {}).values():
+            store.flush()
+
+    def base_features(self, model: "HySAC", items: Any, modality: str, *, batch_size: int | None = None,
+                      progress: bool = False) -> Tensor:
+        """(N, base dim) base features of texts (``modality="text"``) or images, through the cache when on."""
+        def compute(todo: Any) -> Tensor:
+            if modality == "text":
+                return encode_texts_sorted(model, todo, batch_size=self._text_batch(batch_size), progress=progress,
+                                           autocast=self.autocast, base=True)
+            return encode_images_chunked(model, todo, batch_size=self.image_batch if batch_size is None else
+                                         batch_size, progress=progress, prefetch=self.image_prefetch,
+                                         autocast=self.autocast, base=True)
+
+        store = None if self.cache is None else self.cache[modality]
+        if store is None or isinstance(items, Tensor):
+            return compute(items)
+        items = list(items)
+        keys = [store.item_key(str(x), modality == "image") if isinstance(x, (str, os.PathLike)) else None
+                for x in items]
+        if any(k is None for k in keys):  # PIL images: nothing stable to key them by
+            return compute(items)
+        found = store.lookup(keys)
+        miss = [i for i, f in enumerate(found) if f is None]
+        if miss:
+            fresh = compute([items[i] for i in miss])
+            store.add([keys[i] for i in miss], fresh)
+            for j, i in enumerate(miss):
+                found[i] = fresh[j]
+        if not found:
+            return torch.zeros(0, _base_dim(model.backbone, modality))
+        return torch.stack(found)  # type: ignore[arg-type]
+
+    def _from_base(self, model: "HySAC", base: Tensor, modality: str, project: bool) -> Tensor:
+        head = model.backbone.head_text if modality == "text" else model.backbone.head_image
+        lift = model.lift_text if modality == "text" else model.lift_image
+        out = []
+        with torch.inference_mode():
+            for i in range(0, base.shape[0], 4096):
+                feats = head(base[i:i + 4096].to(model.device)).float()
+                out.append((lift(feats) if project else feats).cpu())
+        return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+    def _text_batch(self, batch_size: int | None) -> int:
+        batch = check_batch_size(batch_size) if batch_size is not None else self.text_batch
+        return min(batch, self.max_text_batch) if self.max_text_batch is not None else batch
 
     def describe(self) -> dict[str, Any] | None:
         """``{"path": ..., **info}`` for a fast path, None for the plain runtime."""
@@ -219,14 +295,17 @@ class EncodeRuntime:
 
     def encode_text(self, model: "HySAC", texts: Sequence[str], *, batch_size: int | None = None,
                     project: bool = True, progress: bool = False) -> Tensor:
-        batch = check_batch_size(batch_size) if batch_size is not None else self.text_batch
-        if self.max_text_batch is not None:
-            batch = min(batch, self.max_text_batch)
-        return encode_texts_sorted(model, texts, batch_size=batch, project=project, progress=progress,
-                                   autocast=self.autocast)
+        if self.cache is not None:
+            base = self.base_features(model, texts, "text", batch_size=batch_size, progress=progress)
+            return self._from_base(model, base, "text", project)
+        return encode_texts_sorted(model, texts, batch_size=self._text_batch(batch_size), project=project,
+                                   progress=progress, autocast=self.autocast)
 
     def encode_image(self, model: "HySAC", images: Any, *, batch_size: int | None = None, project: bool = True,
                      progress: bool = False) -> Tensor:
+        if self.cache is not None:
+            base = self.base_features(model, images, "image", batch_size=batch_size, progress=progress)
+            return self._from_base(model, base, "image", project)
         return encode_images_chunked(model, images,
                                      batch_size=self.image_batch if batch_size is None else batch_size, project=project,
                                      progress=progress, prefetch=self.image_prefetch, autocast=self.autocast)

@@ -114,6 +114,10 @@ class Backbone(nn.Module, ABC):
         :meth:`image_features`)."""
         return self.image_features(pixel_values)
 
+    def base_dim(self, modality: str) -> int:
+        """Size of the ``"text"`` / ``"image"`` base features (default: ``embed_dim``, they are the features)."""
+        return self.embed_dim
+
     def head_text(self, feats: Tensor) -> Tensor:
         """(B, base dim) :meth:`text_base_features` → (B, embed_dim) (default: the identity)."""
         return feats

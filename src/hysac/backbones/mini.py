@@ -786,6 +786,9 @@ class MiniBackbone(Backbone):
         self._lora_merged = True
         self.train(self.training)
 
+    def base_dim(self, modality: str) -> int:
+        return TEXT_BASE_DIM if modality == "text" else IMAGE_BASE_DIM
+
     def head_text(self, feats: Tensor) -> Tensor:
         """(B,384) base text features → (B,embed_dim)."""
         return self.text_head(_check_feats("text", feats, TEXT_BASE_DIM, self.device))

@@ -13,12 +13,27 @@ Library entry points:
 * :func:`~hysac.evaluation.runner.run_evaluation` — everything, writing ``report.md``, ``metrics.json``, figures.
 """
 
-from .classification import classification_metrics
-from .config import EvalConfig, load_config, parse_config
-from .datasets import EvalDataset, Labelled, Pairs, offline_dev, table, visu
-from .encoders import EuclideanSpace, HyperbolicSpace, Space, load_space
-from .retrieval import PairedEmbeddings, redirection_quality, retrieval_protocol
-from .runner import Evaluation, run_evaluation
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → the submodule that defines it (imported on first use, so ``hysac eval --help`` loads no torch)
+_WHERE = {
+    "classification_metrics": "classification", "EvalConfig": "config", "load_config": "config",
+    "parse_config": "config", "EvalDataset": "datasets", "Labelled": "datasets", "Pairs": "datasets",
+    "offline_dev": "datasets", "table": "datasets", "visu": "datasets", "EuclideanSpace": "encoders",
+    "HyperbolicSpace": "encoders", "Space": "encoders", "load_space": "encoders", "PairedEmbeddings": "retrieval",
+    "redirection_quality": "retrieval", "retrieval_protocol": "retrieval", "Evaluation": "runner",
+    "run_evaluation": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
 
 __all__ = [
     "EuclideanSpace",

@@ -11,7 +11,9 @@
 
 Both cache every encoded text / image path (a dict from input to row), so the same input is encoded once per run even
 when several datasets and sections use it. Both also expose *probe features* — the frozen features a linear probe is
-trained on (see :meth:`HyperbolicSpace.text_probe_features`).
+trained on (see :meth:`HyperbolicSpace.text_probe_features`). :class:`HyperbolicSpace` encodes through the model's
+public API (``encode_text`` / ``encode_image`` / ``base_features``) on a runtime with a base-feature cache
+(:meth:`hysac.runtime.EncodeRuntime.with_cache`), so ``hysac eval`` measures the code ``hysac serve`` runs.
 """
 
 from __future__ import annotations
@@ -35,81 +37,6 @@ from ..safety import MODALITIES, Modality
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["auto", "hysac", "euclidean", "clip"]
-
-
-class FeatureStore:
-    """On-disk cache of *frozen* base features (one file per tower configuration and modality), so re-running an
-    evaluation (or evaluating another model on the same frozen towers) does not re-encode anything.
-
-    Items are keyed by the SHA-1 of the text, or of ``path|size|mtime`` for images. ``torch.save`` of
-    ``{"keys": [...], "feats": (N,D)}``; written atomically by :meth:`flush`.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._index: dict[str, int] = {}
-        self._feats: list[Tensor] = []
-        self._dirty = False
-        self.hits = 0
-        self.misses = 0
-        if self.path.is_file():
-            try:
-                data = torch.load(self.path, weights_only=True)
-                feats = data["feats"]
-                for i, k in enumerate(data["keys"]):
-                    self._index[k] = i
-                self._feats = [feats]
-            except Exception as e:  # noqa: BLE001 - a corrupt cache is rebuilt, never fatal
-                logger.warning("ignoring unreadable feature cache %s: %s", self.path, e)
-                self._index, self._feats = {}, []
-
-    @staticmethod
-    def item_key(item: str, is_image: bool) -> str:
-        import hashlib
-
-        if is_image:
-            try:
-                st = os.stat(item)
-                item = f"{os.path.abspath(item)}|{st.st_size}|{st.st_mtime_ns}"
-            except OSError:
-                pass
-        return hashlib.sha1(item.encode("utf-8", "surrogatepass")).hexdigest()
-
-    def lookup(self, keys: Sequence[str]) -> list[Tensor | None]:
-        if not self._index:
-            self.misses += len(keys)
-            return [None] * len(keys)
-        mat = torch.cat(self._feats) if len(self._feats) > 1 else self._feats[0]
-        self._feats = [mat]
-        out = [mat[self._index[k]] if k in self._index else None for k in keys]
-        n_hit = sum(o is not None for o in out)
-        self.hits += n_hit
-        self.misses += len(keys) - n_hit
-        return out
-
-    def add(self, keys: Sequence[str], feats: Tensor) -> None:
-        n = sum(f.shape[0] for f in self._feats)
-        fresh = [(i, k) for i, k in enumerate(keys) if k not in self._index]
-        if not fresh:
-            return
-        for j, (_, k) in enumerate(fresh):
-            self._index[k] = n + j
-        self._feats.append(feats[[i for i, _ in fresh]].detach().float().cpu())
-        self._dirty = True
-
-    def flush(self) -> None:
-        if not self._dirty:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            keys = sorted(self._index, key=self._index.get)
-            mat = torch.cat(self._feats) if len(self._feats) > 1 else self._feats[0]
-            tmp = self.path.with_suffix(".tmp")
-            torch.save({"keys": keys, "feats": mat.contiguous()}, tmp)
-            tmp.replace(self.path)
-            self._dirty = False
-        except OSError as e:  # a read-only cache folder only costs time
-            logger.warning("cannot write feature cache %s: %s", self.path, e)
 
 
 class _FeatureCache:
@@ -229,7 +156,14 @@ class HyperbolicSpace(Space):
 
     def __init__(self, model, name: str | None = None, batch_text: int = 128, batch_image: int = 32,
                  cache_dir: str | os.PathLike | None = None):
-        self.model = model.eval()
+        import copy
+
+        model = model.eval()
+        # the model's own encode path (HySAC.encode_text / encode_image / base_features, as hysac serve runs it) on a
+        # runtime that keeps base features (on disk in cache_dir when the towers have a stable key); a shallow copy,
+        # so the caller's model keeps its runtime
+        self.model = copy.copy(model)
+        self.model.set_runtime(model.runtime.with_cache(model, cache_dir))
         self.name = name or model.name or "hysac"
         self.c = float(model.curvature)
         self.has_traversal = model.bounds is not None
@@ -237,94 +171,28 @@ class HyperbolicSpace(Space):
         self._base = bb.has_base_features
         self.description = (f"HySAC ({type(bb).__name__}), c={self.c:.4g}, "
                             f"probe features: {'frozen base towers' if self._base else 'tower outputs (project=False)'}")
-        self._texts = _FeatureCache(self._text_batch, "texts", batch_text, sort_by_length=True)
+        self._batch = {"text": int(batch_text), "image": int(batch_image)}
+        self._texts = _FeatureCache(self._text_batch, "texts", batch_text)
         self._images = _FeatureCache(self._image_batch, "images", batch_image)
-        self._stores: dict[str, FeatureStore] = {}
-        if cache_dir is not None and self._base:
-            key = self._frozen_key()
-            if key is not None:
-                for mod in MODALITIES:
-                    self._stores[mod] = FeatureStore(Path(cache_dir) / f"{key}-{mod}.pt")
         self._gal_ref: Tensor | None = None
         self._gal_aug: Tensor | None = None
 
-    # -- encoding -----------------------------------------------------------------------------------------------
-    def _frozen_key(self) -> str | None:
-        """Cache key of the frozen base towers (None when part of a tower was fine-tuned)."""
-        import hashlib
-
-        cfg = self.model.backbone.config()
-        if cfg.get("unfreeze_text_layers") or cfg.get("unfreeze_image_blocks"):
-            return None
-        frozen = {k: v for k, v in cfg.items() if "head" not in k and k not in ("seed", "embed_dim")}
-        return "base-" + hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:16]
-
-    def _cached_base(self, items: list[str], modality: str, encode: Callable[[list[str]], Tensor]) -> Tensor:
-        store = self._stores.get(modality)
-        if store is None:
-            return encode(items)
-        keys = [store.item_key(x, modality == "image") for x in items]
-        found = store.lookup(keys)
-        miss = [i for i, f in enumerate(found) if f is None]
-        if miss:
-            fresh = encode([items[i] for i in miss])
-            store.add([keys[i] for i in miss], fresh)
-            for j, i in enumerate(miss):
-                found[i] = fresh[j]
-        return torch.stack(found)  # type: ignore[arg-type]
-
+    # -- encoding (the model's public API) -----------------------------------------------------------------------
     def flush_cache(self) -> None:
-        for s in self._stores.values():
-            s.flush()
+        self.model.runtime.flush_cache()
 
     def cache_stats(self) -> dict:
-        return {mod: {"file": str(s.path), "hits": s.hits, "misses": s.misses} for mod, s in self._stores.items()}
+        stores = self.model.runtime.cache or {}
+        return {mod: {"file": str(s.path), "hits": s.hits, "misses": s.misses} for mod, s in stores.items()
+                if s.path is not None}
 
-    @torch.no_grad()
-    def _text_base(self, texts: list[str]) -> Tensor:
-        m, bb = self.model, self.model.backbone
-        tok = bb.tokenize(texts)
-        ids = tok["input_ids"].to(m.device)
-        mask = None if tok.get("attention_mask") is None else tok["attention_mask"].to(m.device)
-        return bb.text_base_features(ids, mask).float().cpu()
-
-    @torch.no_grad()
-    def _image_base(self, paths: list[str]) -> Tensor:
-        from ..images import load_image
-
-        m, bb = self.model, self.model.backbone
-        pix = bb.preprocess_images([load_image(p) for p in paths]).to(m.device)
-        return bb.image_base_features(pix).float().cpu()
-
-    @torch.no_grad()
     def _text_batch(self, texts: list[str]) -> dict[str, Tensor]:
-        m = self.model
-        bb = m.backbone
-        if self._base:
-            base = self._cached_base(texts, "text", self._text_base).to(m.device)
-            feats = bb.head_text(base).float()
-        else:
-            tok = bb.tokenize(texts)
-            ids = tok["input_ids"].to(m.device)
-            mask = None if tok.get("attention_mask") is None else tok["attention_mask"].to(m.device)
-            feats = bb.text_features(ids, mask).float()
-            base = feats
-        return {"hyp": m.lift_text(feats), "probe": base}
+        probe = self.model.base_features(texts, "text", batch_size=self._batch["text"])
+        return {"hyp": self.model.encode_text(texts, batch_size=self._batch["text"]), "probe": probe}
 
-    @torch.no_grad()
     def _image_batch(self, paths: list[str]) -> dict[str, Tensor]:
-        from ..images import load_image
-
-        m = self.model
-        bb = m.backbone
-        if self._base:
-            base = self._cached_base(paths, "image", self._image_base).to(m.device)
-            feats = bb.head_image(base).float()
-        else:
-            pix = bb.preprocess_images([load_image(p) for p in paths]).to(m.device)
-            feats = bb.image_features(pix).float()
-            base = feats
-        return {"hyp": m.lift_image(feats), "probe": base}
+        probe = self.model.base_features(paths, "image", batch_size=self._batch["image"])
+        return {"hyp": self.model.encode_image(paths, batch_size=self._batch["image"]), "probe": probe}
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         return self._texts.get(texts, "hyp")

@@ -18,14 +18,27 @@ A clip-retrieval-like pipeline, one concept per module:
 The CLI module (typer) is not imported here; import :mod:`hysac.index.cli` for ``index_app``/``search_command``.
 """
 
-from .ann import AnnConfig, lorentz_distance_fp64, query_vectors, storage_vectors
-from .mapper import EncodedBatch, ItemError, Mapper
-from .reader import Item, Source, open_source
-from .runner import BuildReport, add_to_index, build_index
-from .search import MODES, IndexSearcher, QueryResult, SearchResult, open_searcher
-from .store import IndexStore
-from .sync import SyncPlan
-from .writer import IndexWriter
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → the submodule that defines it (imported on first use: FAISS and torch load only when needed)
+_WHERE = {
+    "AnnConfig": "ann", "lorentz_distance_fp64": "ann", "query_vectors": "ann", "storage_vectors": "ann",
+    "EncodedBatch": "mapper", "ItemError": "mapper", "Mapper": "mapper",
+    "Item": "reader", "Source": "reader", "open_source": "reader",
+    "BuildReport": "runner", "add_to_index": "runner", "build_index": "runner",
+    "MODES": "search", "IndexSearcher": "search", "QueryResult": "search", "SearchResult": "search",
+    "open_searcher": "search", "IndexStore": "store", "SyncPlan": "sync", "IndexWriter": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
 
 __all__ = [
     "AnnConfig",

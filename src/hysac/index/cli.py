@@ -18,7 +18,6 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from ..errors import HySACError, InputError
-from ..safety import top_category
 
 __all__ = ["index_app", "search_command", "build_command", "add_command", "info_command"]
 
@@ -251,6 +250,8 @@ def _print_tables(results: list[Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from ..safety import top_category
 
     console = Console()
     for qr in results:
