@@ -109,7 +109,7 @@ class FeatureStore:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            keys = sorted(self._index, key=self._index.get)
+            keys = sorted(self._index, key=self._index.__getitem__)
             mat = torch.cat(self._feats) if len(self._feats) > 1 else self._feats[0]
             tmp = self.path.with_suffix(".tmp")
             torch.save({"keys": keys, "feats": mat.contiguous()}, tmp)

@@ -45,6 +45,7 @@ class CategoryHead(nn.Module):
     def __init__(self, embed_dim: int, n_categories: int = len(S.CATEGORIES), hidden: int = 0):
         super().__init__()
         self.hidden = int(hidden)
+        self.net: nn.Module
         if hidden:
             self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, n_categories))
         else:

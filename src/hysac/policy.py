@@ -202,10 +202,11 @@ class SafetyPolicy:
         ``tau`` replaces the mode's radius; ``how="paper"`` gives the official output form (space norm τ)."""
         mode = Mode.parse(mode)
         check_modality(target, "target")
-        radius = self.radius(mode, target) if tau is None or mode.direction is None else float(tau)
         if mode.direction is None:
             return Moved(points=x_hyp, moved=torch.zeros(x_hyp.shape[:-1], dtype=torch.bool), radius=None,
                          direction=None)
+        radius = float(tau) if tau is not None else self.radius(mode, target)
+        assert radius is not None  # a mode with a direction has a radius
         c = self.model.curvature
         y = S.traverse(x_hyp, c, radius, direction=mode.direction, mode=how)
         before = S.safety_score(x_hyp, c)

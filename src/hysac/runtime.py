@@ -236,7 +236,8 @@ class EncodeRuntime:
 
         out = copy.copy(self)
         key = tower_key(model.backbone) if cache_dir is not None else None
-        out.cache = {mod: FeatureStore(None if key is None else Path(cache_dir) / f"{key}-{mod}.pt")
+        folder = None if key is None or cache_dir is None else Path(cache_dir)
+        out.cache = {mod: FeatureStore(None if folder is None else folder / f"{key}-{mod}.pt")
                      for mod in ("text", "image")}
         return out
 
@@ -260,11 +261,10 @@ class EncodeRuntime:
         if store is None or isinstance(items, Tensor):
             return compute(items)
         items = list(items)
-        keys = [store.item_key(str(x), modality == "image") if isinstance(x, (str, os.PathLike)) else None
-                for x in items]
-        if any(k is None for k in keys):  # PIL images: nothing stable to key them by
+        if not all(isinstance(x, (str, os.PathLike)) for x in items):  # PIL images: nothing stable to key them by
             return compute(items)
-        found = store.lookup(keys)
+        keys = [store.item_key(str(x), modality == "image") for x in items]
+        found: list[Tensor | None] = store.lookup(keys)
         miss = [i for i, f in enumerate(found) if f is None]
         if miss:
             fresh = compute([items[i] for i in miss])
