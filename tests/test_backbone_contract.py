@@ -175,3 +175,12 @@ def test_the_model_encodes_through_any_backbone(bb, images):
     torch.testing.assert_close(model.encode_text(TEXTS, project=False), _text(bb), atol=2e-5, rtol=1e-4)
     v = model.encode_image(images, batch_size=2)
     assert v.shape == (3, bb.embed_dim) and torch.isfinite(v).all()
+
+
+def test_training_knobs_are_backbone_capabilities(bb):
+    used = bb.set_attention("keep")
+    assert isinstance(used, list) and all(isinstance(u, str) for u in used)
+    with pytest.raises(InputError):
+        bb.set_attention("warp-drive")
+    trainable = [n for n, t in bb.towers().items() if any(p.requires_grad for p in t.parameters())]
+    assert set(bb.enable_gradient_checkpointing(1)) <= set(trainable)

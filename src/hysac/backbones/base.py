@@ -184,6 +184,59 @@ class Backbone(nn.Module, ABC):
         True), else leave them and return False (callers then use autocast instead)."""
         return False
 
+    def _hf_models(self, trainable_only: bool = False) -> "Iterator[tuple[str, Any]]":
+        """``(tower name, outermost Hugging Face model)`` for each tower that holds one."""
+        from transformers import PreTrainedModel
+
+        for name, tower in self.towers().items():
+            if trainable_only and not any(p.requires_grad for p in tower.parameters()):
+                continue
+            for module in tower.modules():
+                if isinstance(module, PreTrainedModel):
+                    yield name, module
+                    break  # the outermost HF model sets it for its sub-modules
+
+    def set_attention(self, attention: str) -> list[str]:
+        """Switch every Hugging Face model among :meth:`towers` to ``attention`` (``"sdpa"``, ``"eager"``,
+        ``"flash_attention_2"``; ``"keep"`` changes nothing); returns what each uses."""
+        from ..errors import InputError
+
+        used = []
+        for _, module in self._hf_models():
+            if attention != "keep":
+                try:
+                    module.set_attn_implementation(attention)
+                except (ImportError, ValueError) as e:
+                    raise InputError(f"attention {attention!r} is not available for "
+                                     f"{type(module).__name__}: {e}") from None
+            used.append(module.config._attn_implementation)
+        return used
+
+    def enable_gradient_checkpointing(self, every: int = 1) -> list[str]:
+        """Activation checkpointing (non-reentrant) every ``every``-th layer of each tower with trainable weights;
+        returns the towers that took it."""
+        from ..errors import InputError
+
+        done = []
+        for name, module in self._hf_models(trainable_only=True):
+            if not module.supports_gradient_checkpointing:
+                continue
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x
+                module.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
+            elif every == 1:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                raise InputError("perf.grad_checkpointing: every-N-layers needs transformers >= 5")
+            done.append(name)
+        return done
+
+    def compile_towers(self, **kwargs: Any) -> list[str]:
+        """``nn.Module.compile(**kwargs)`` on each tower, in place (state-dict keys do not change); returns their
+        names."""
+        for tower in self.towers().values():
+            tower.compile(**kwargs)
+        return list(self.towers())
+
     def text_trainable_from(self) -> int | None:
         """Index of the first text-tower layer that trains (LoRA or unfrozen) when only the top of the tower does,
         so a trainer can cache the frozen trunk's token states; ``None`` otherwise (default)."""

@@ -2,26 +2,21 @@
 
 What is slow in the plain path, and what this module does about it:
 
-* **Padding** (the largest text lever). ``HySAC.encode_text`` tokenises per chunk in arrival order, so one long
-  I2P prompt makes its whole chunk run at up to 128 tokens while the median text has ~13. Every model encodes
-  texts in length-sorted, dynamically padded batches (:mod:`hysac.runtime`); the CPU runtime caps a bucket at 64
-  texts, which is faster on a few cores than the plain runtime's 256.
+* **Padding.** Every model encodes texts in length-sorted, dynamically padded batches (:mod:`hysac.runtime`); the
+  CPU runtime caps a bucket at 64 texts, which suits a few cores better than the plain runtime's 256.
 * **Tower runtime.** :func:`optimize_for_cpu` installs faster stand-ins ("engines", see
   :meth:`hysac.backbones.base.Backbone.engine_modules`) for the *frozen* towers:
 
   - ``backend="onnxruntime"`` (default when ``onnx`` and ``onnxruntime`` are installed): both towers exported to
-    ONNX (cached under ``~/.cache/hysac/onnx``) and run by ONNX Runtime in fp32 — same numbers as PyTorch
-    (cos > 0.99999), several times faster for the EfficientNet (fused conv + BN + clip, NCHWc kernels).
-  - ``backend="torch"``: the image tower as :class:`FusedEfficientNetLite` (BatchNorm folded into the convs, the
-    TF-"same" ``ZeroPad2d`` copies turned into conv padding where symmetric, ReLU6 in place; fp32) and the text
-    tower as it is.
+    ONNX (cached under ``~/.cache/hysac/onnx``) and run by ONNX Runtime in fp32 — the same numbers as PyTorch,
+    faster for the EfficientNet (fused conv + BN + clip, NCHWc kernels).
+  - ``backend="torch"``: the image tower as :class:`FusedEfficientNetLite` (BatchNorm folded into the convs) and
+    the text tower as it is.
 
   ``text_precision`` picks the text tower's arithmetic: ``"auto"`` / ``"fp32"`` (exact: the default), ``"bf16"``
-  (opt-in: a torch copy of the tower with bf16 GEMMs, fp32 elsewhere — the fastest text path on CPUs with native
-  bf16, tangent cosine ≈ 0.9999, distances within 1 %, AUROC unchanged) or ``"int8"`` (dynamic quantisation with
-  ``torch.ao.quantization.quantize_dynamic``, per-channel weights). **int8 is not accurate enough for this
-  model**: MiniLM's activation outliers leave a tangent-feature cosine of only ~0.88-0.95 to fp32 and distances
-  off by up to ~35 % (see ``benchmarks/results/cpu.md``), so it is never chosen automatically.
+  (opt-in: bf16 GEMMs, fp32 elsewhere — the fastest text path on CPUs with native bf16) or ``"int8"`` (dynamic
+  quantisation; **not accurate enough for this model** because of MiniLM's activation outliers, so never chosen
+  automatically). What each costs and how close it stays to fp32 is measured in ``benchmarks/results/cpu.md``.
 * **Autograd bookkeeping.** The fast encoders run under :func:`torch.inference_mode` and return ordinary tensors.
 * **Image decoding.** :class:`CpuRuntime` decodes and preprocesses the next batch in a background thread
   (PIL and ONNX Runtime release the GIL) while the tower runs on the current one; the pixels are exactly those of

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
 from .loader import pixel_batches
@@ -44,25 +44,12 @@ TEXT_BATCH = 256
 IMAGE_BATCH = 256
 
 
-def set_attention(backbone: nn.Module, attention: str) -> list[str]:
-    """Switch every Hugging Face model among the backbone's towers to ``attention``; returns what each uses."""
+def set_attention(backbone, attention: str) -> list[str]:
+    """Switch every Hugging Face model among the backbone's towers to ``attention``; returns what each uses
+    (:meth:`hysac.backbones.base.Backbone.set_attention`)."""
     if attention not in ATTENTIONS:
         raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    from transformers import PreTrainedModel
-
-    used = []
-    for tower in backbone.towers().values():
-        for module in tower.modules():
-            if isinstance(module, PreTrainedModel):
-                if attention != "keep":
-                    try:
-                        module.set_attn_implementation(attention)
-                    except (ImportError, ValueError) as e:
-                        raise InputError(f"attention {attention!r} is not available for "
-                                         f"{type(module).__name__}: {e}") from None
-                used.append(module.config._attn_implementation)
-                break  # the outermost HF model sets it for its sub-modules
-    return used
+    return backbone.set_attention(attention)
 
 
 def optimize_for_gpu(model, *, device: str | torch.device | None = None, precision: str = "bf16",
@@ -122,11 +109,10 @@ def optimize_for_gpu(model, *, device: str | torch.device | None = None, precisi
             weights = "fp32 (bf16 autocast)"
     attn = set_attention(bb, attention)
     if compile:
-        for tower in bb.towers().values():
-            kw: dict[str, Any] = {"backend": compile_backend}
-            if compile_mode:
-                kw["mode"] = compile_mode
-            tower.compile(**kw)
+        kw: dict[str, Any] = {"backend": compile_backend}
+        if compile_mode:
+            kw["mode"] = compile_mode
+        bb.compile_towers(**kw)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (heads, lifting inputs) on tensor cores
         torch.backends.cudnn.allow_tf32 = True

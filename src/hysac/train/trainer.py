@@ -284,37 +284,23 @@ def apply_perf(model: HySAC, perf: dict[str, Any], log=None) -> dict[str, Any]:
       checkpoints keep their keys.
     * ``detect_anomaly`` is read by the training step; ``fused_adamw`` by the optimizer.
     """
-    from transformers import PreTrainedModel
-
-    from ..fast.gpu import set_attention
+    from ..fast.gpu import ATTENTIONS
 
     perf = {"attention": "sdpa", "compile": False, "compile_mode": None, "compile_backend": "inductor",
             "grad_checkpointing": False, "detect_anomaly": False, "fused_adamw": "auto", **(perf or {})}
     bb = model.backbone
-    done: dict[str, Any] = {"attention": set_attention(bb, perf["attention"]), "grad_checkpointing": [],
+    if perf["attention"] not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {perf['attention']!r}")
+    done: dict[str, Any] = {"attention": bb.set_attention(perf["attention"]), "grad_checkpointing": [],
                             "compiled": [], "detect_anomaly": bool(perf["detect_anomaly"])}
     if perf["grad_checkpointing"]:
-        for name, tower in bb.towers().items():
-            if not any(p.requires_grad for p in tower.parameters()):
-                continue  # frozen: no activations are kept anyway
-            for module in tower.modules():
-                if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
-                    every = 1 if perf["grad_checkpointing"] is True else int(perf["grad_checkpointing"])
-                    if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x
-                        module.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
-                    elif every == 1:
-                        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                    else:
-                        raise InputError("perf.grad_checkpointing: every-N-layers needs transformers >= 5")
-                    done["grad_checkpointing"].append(name)
-                    break
+        every = 1 if perf["grad_checkpointing"] is True else int(perf["grad_checkpointing"])
+        done["grad_checkpointing"] = bb.enable_gradient_checkpointing(every)
     if perf["compile"]:
-        for name, tower in bb.towers().items():
-            kw: dict[str, Any] = {"backend": perf["compile_backend"]}
-            if perf["compile_mode"]:
-                kw["mode"] = perf["compile_mode"]
-            tower.compile(**kw)
-            done["compiled"].append(name)
+        kw: dict[str, Any] = {"backend": perf["compile_backend"]}
+        if perf["compile_mode"]:
+            kw["mode"] = perf["compile_mode"]
+        done["compiled"] = bb.compile_towers(**kw)
     if log is not None and (done["grad_checkpointing"] or done["compiled"] or perf["attention"] != "sdpa"):
         log(f"perf: {done}")
     return {**perf, "applied": done}
