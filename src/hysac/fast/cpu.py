@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..backbones.efficientnet_lite import FusedEfficientNetLite
-from ..runtime import EncodeRuntime
+from ..runtime import EncodeRuntime, check_batch_size
 
 __all__ = [
     "CpuRuntime",
@@ -130,7 +130,8 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
       only, the plain runtime; what a trainer wants while caching features).
 
     Only towers the backbone declares in :meth:`~hysac.backbones.base.Backbone.engine_modules` (the mini
-    backbone's frozen towers) get engines; on other backbones only the runtime and thread setting apply. Calling it again replaces the previous settings.
+    backbone's frozen towers) get engines; on other backbones only the runtime and thread setting apply. Calling
+    it again replaces the previous settings.
     Raises :class:`~hysac.errors.InputError` for bad options, a model not on the CPU, or ``backend="onnxruntime"``
     without onnxruntime/onnx.
     """
@@ -138,6 +139,7 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if text_precision not in TEXT_PRECISIONS:
         raise InputError(f"text_precision must be one of {TEXT_PRECISIONS}, got {text_precision!r}")
+    text_batch_size = check_batch_size(text_batch_size)
     if threads is not None:
         if isinstance(threads, bool) or int(threads) != threads or threads < 1:
             raise InputError(f"threads must be a positive integer, got {threads!r}")
@@ -160,8 +162,7 @@ def optimize_for_cpu(model, *, backend: str = "auto", text_precision: str = "aut
     bb.set_inference_engines(**engines)
     info.update(backend=backend, threads=n_threads, patched_encode=bool(patch_encode))
     if patch_encode:
-        model.set_runtime(CpuRuntime(text_batch=int(text_batch_size), image_prefetch=bool(image_prefetch),
-                                     info=info))
+        model.set_runtime(CpuRuntime(text_batch=text_batch_size, image_prefetch=bool(image_prefetch), info=info))
     else:
         model.set_runtime(None)
     return model
