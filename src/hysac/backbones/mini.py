@@ -640,7 +640,6 @@ class MiniBackbone(Backbone):
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
-
     def length_sorted_batches(self, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
         """Tokenise ``texts`` once and batch them by token length.
 
