@@ -318,11 +318,13 @@ class HySAC(nn.Module):
         return folder
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], root: Path | None = None) -> "HySAC":
+    def from_config(cls, cfg: dict[str, Any], root: Path | None = None, *, inference: bool = True) -> "HySAC":
+        """The model described by ``cfg`` (weights not loaded). ``inference``: it will be used, not trained (the
+        backbone may pick a leaner implementation of the same computation, see :func:`build_backbone`)."""
         bcfg = dict(cfg["backbone"])
         if root is not None:
             bcfg["_root"] = str(root)
-        backbone = build_backbone(bcfg)
+        backbone = build_backbone(bcfg, inference=inference)
         head = cfg.get("category_head")
         model = cls(
             backbone,

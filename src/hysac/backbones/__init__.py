@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from .base import Backbone
 
-_REGISTRY: dict[str, Callable[[dict[str, Any]], Backbone]] = {}
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
 
 def register_backbone(kind: str):
@@ -20,15 +20,16 @@ def register_backbone(kind: str):
     return deco
 
 
-def build_backbone(config: dict[str, Any]) -> Backbone:
-    """Build the backbone described by ``config`` (must hold ``kind``)."""
+def build_backbone(config: dict[str, Any], *, inference: bool = False) -> Backbone:
+    """Build the backbone described by ``config`` (must hold ``kind``). ``inference``: it will be used, not
+    trained, so a backbone may pick a leaner implementation of the same computation (the mini text tower)."""
     _load_builtin()
     kind = config.get("kind")
     if kind not in _REGISTRY:
         raise ValueError(f"unknown backbone kind {kind!r}; known: {sorted(_REGISTRY)}")
     if kind != "clip":  # only the CLIP backbone reads preprocessing files saved beside the checkpoint
         config = {k: v for k, v in config.items() if k != "_root"}
-    return _REGISTRY[kind](config)
+    return _REGISTRY[kind](config, inference=inference)
 
 
 def registered_kinds() -> list[str]:

