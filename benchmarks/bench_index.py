@@ -90,6 +90,56 @@ def gen_clustered(n: int, dim: int, c: float, seed: int, rmin: float, rmax: floa
     return out
 
 
+def shipped_embeddings(cache: Path) -> tuple[np.ndarray, float, dict]:
+    """Points of the shipped model (``hysac-mini``, CPU fast path) for every text of the register corpus and
+    every rendered OpenMoji image: real embeddings with the neighbour structure search meets. Cached in ``cache``."""
+    from hysac.model import load_model
+
+    f = cache / "hysac-mini-shared-points.npz"
+    if f.is_file():
+        z = np.load(f)
+        return z["points"], float(z["curvature"]), json.loads(str(z["info"]))
+    from hysac import fast
+    from hysac.data.corpus import register_splits
+    from hysac.data.openmoji import openmoji_cache_dir
+
+    model = fast.optimize(load_model("hysac-mini"), "cpu")
+    splits = register_splits(None)
+    texts = list(dict.fromkeys(e.text for part in (splits.train, splits.val, splits.test) for e in part))
+    pngs = sorted(str(p) for p in openmoji_cache_dir(224).glob("*.png"))
+    log(f"realistic: encoding {len(texts)} texts and {len(pngs)} emoji images with hysac-mini")
+    pts = [model.encode_text(texts, progress=True).numpy()]
+    if pngs:
+        pts.append(model.encode_image(pngs, progress=True).numpy())
+    X = np.concatenate(pts).astype(np.float32)
+    info = {"texts": len(texts), "images": len(pngs), "model_id": model.model_id}
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, points=X, curvature=model.curvature, info=json.dumps(info))
+    return X, float(model.curvature), info
+
+
+def gen_realistic(n: int, n_queries: int, cache: Path, components: int = 64,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """``(gallery (n,D), queries, curvature, info)``: a Gaussian mixture (``components`` diagonal Gaussians) fitted
+    to the tangent vectors ``log_map0(x)`` of the shipped model's real points (:func:`shipped_embeddings`),
+    sampled ``n`` times and mapped back with ``exp_map0``; the queries are real points held out of the fit."""
+    from sklearn.mixture import GaussianMixture
+
+    P, c, info = shipped_embeddings(cache)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(P))
+    Q, fit = P[perm[:n_queries]], P[perm[n_queries:]]
+    V = L.log_map0(torch.from_numpy(fit).double(), c).numpy()
+    log(f"realistic: fitting a {components}-component diagonal Gaussian mixture to {len(V)} tangent vectors")
+    gm = GaussianMixture(components, covariance_type="diag", random_state=seed, max_iter=200).fit(V)
+    samples, _ = gm.sample(n)
+    X = L.exp_map0(torch.from_numpy(samples[rng.permutation(n)]), c).float().numpy()
+    info = {**info, "fit_points": len(V), "components": components, "held_out_queries": n_queries,
+            "generative_model": "diagonal Gaussian mixture in the tangent space at the origin (log_map0), sampled and "
+                                "mapped back with exp_map0"}
+    return np.ascontiguousarray(X), np.ascontiguousarray(Q), c, info
+
+
 def stats_ms(lat: list[float]) -> dict[str, float]:
     a = np.asarray(lat) * 1e3
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
@@ -220,6 +270,7 @@ def bench_faiss(X: np.ndarray, Q: np.ndarray, c: float, k: int, a, gt_torch: np.
     _, I_flat = flat.search(Qv, k)
     fl["batch_qps"] = len(Q) / (time.perf_counter() - t0)
     fl["build_s"] = t_flat
+    fl["memory_mb"] = n * (dim + 1) * 4 / 2**20
     if gt_torch is not None:  # agreement with the torch scan (ties aside); distances re-checked in fp64
         nt = len(gt_torch)
         fl["recall_vs_torch"] = recall_at(I_flat[:nt], gt_torch)
@@ -242,8 +293,28 @@ def bench_faiss(X: np.ndarray, Q: np.ndarray, c: float, k: int, a, gt_torch: np.
     _, I_l2 = l2.search(Qa, k)
     del l2
     gc.collect()
-    ann = AnnConfig(type="hnsw", M=a.hnsw_m, efConstruction=a.ef_construction)
-    log(f"hnsw: build M={a.hnsw_m} efConstruction={a.ef_construction} on {n} points ({a.threads} threads)")
+    out["hnsw"] = {}
+    for M, efc in hnsw_configs(a):
+        out["hnsw"][f"M{M}_efC{efc}"] = bench_hnsw(X, Q, Qv, Qa, I_flat, I_l2, c, k, a, M, efc)
+        gc.collect()
+    return out
+
+
+def hnsw_configs(a) -> list[tuple[int, int]]:
+    """``--hnsw "16:40,32:200"`` → [(16, 40), (32, 200)] (``M:efConstruction`` pairs)."""
+    out = []
+    for part in a.hnsw.split(","):
+        m, efc = part.split(":")
+        out.append((int(m), int(efc)))
+    return out
+
+
+def bench_hnsw(X, Q, Qv, Qa, I_flat, I_l2, c: float, k: int, a, M: int, efc: int) -> dict:
+    """One HNSW graph (built with L2 on ``[x, x_t]``, searched with the Lorentz inner product): build time,
+    memory, and the efSearch sweep with recall against exact search."""
+    n, dim = X.shape
+    ann = AnnConfig(type="hnsw", M=M, efConstruction=efc)
+    log(f"hnsw: build M={M} efConstruction={efc} on {n} points ({a.threads} threads)")
     t0 = time.perf_counter()
     h = new_faiss_index(dim + 1, ann)
     step = 50_000
@@ -254,6 +325,8 @@ def bench_faiss(X: np.ndarray, Q: np.ndarray, c: float, k: int, a, gt_torch: np.
         if done % 200_000 == 0 or done == n:
             log(f"  hnsw: {done}/{n} added, {el:.0f}s elapsed, ~{el / done * (n - done):.0f}s left")
     t_h = time.perf_counter() - t0
+    inner = faiss.downcast_index(h.index) if hasattr(h, "index") else h
+    memory = n * (dim + 1) * 4 + inner.hnsw.neighbors.size() * 4 + inner.hnsw.offsets.size() * 8 + n * 8
     efs = [int(e) for e in a.ef_search.split(",") if e]
     control = []
     for ef in efs:  # the same graph, searched in its own (Euclidean) metric
@@ -261,7 +334,8 @@ def bench_faiss(X: np.ndarray, Q: np.ndarray, c: float, k: int, a, gt_torch: np.
         _, I_e = h.search(Qa, k)
         control.append({"efSearch": ef, "recall_at_10": recall_at(I_e, I_l2)})
     prepare_for_search(h)
-    hres: dict = {"build_s": t_h, "sweep": [], "euclidean_control": control}
+    hres: dict = {"M": M, "efConstruction": efc, "build_s": t_h, "memory_mb": memory / 2**20, "sweep": [],
+                  "euclidean_control": control}
     for ef, ctl in zip(efs, control):
         set_ef_search(h, ef)
         row = {"efSearch": ef, **time_single(lambda q: h.search(q, k), Qv, a.single)}
@@ -277,13 +351,11 @@ def bench_faiss(X: np.ndarray, Q: np.ndarray, c: float, k: int, a, gt_torch: np.
         row["recall_at_10_refined"] = recall_at(I_ref, I_flat)
         row["euclidean_control_recall_at_10"] = ctl["recall_at_10"]
         hres["sweep"].append(row)
-        log(f"hnsw ef={ef}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, batch "
+        log(f"hnsw M={M} efC={efc} ef={ef}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, batch "
             f"{row['batch_qps']:.0f} q/s, recall@10 {row['recall_at_10']:.3f} "
             f"(refined {row['recall_at_10_refined']:.3f}; same graph in L2: {ctl['recall_at_10']:.3f})")
-    out["hnsw"] = hres
-    h = None
-    gc.collect()
-    return out
+    return hres
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,14 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rmin", type=float, default=0.1, help="min geodesic radius of the random points")
     ap.add_argument("--rmax", type=float, default=1.5, help="max geodesic radius")
     ap.add_argument("--datasets", default="uniform,clustered",
-                    help="comma list: uniform (random directions) and/or clustered (n/1000 clusters)")
+                    help="comma list: uniform (random directions), clustered (n/1000 clusters) and/or realistic "
+                         "(a mixture fitted to the shipped model's points of the shared data; queries are real "
+                         "held-out points)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "hysac" / "bench",
+                    help="where the realistic dataset's real points are cached")
     ap.add_argument("--cluster-spread", type=float, default=0.6, help="noise norm around a cluster direction")
     ap.add_argument("--queries", type=int, default=1000, help="batch size for throughput / recall")
     ap.add_argument("--single", type=int, default=200, help="single-query calls timed per engine")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--hnsw-m", type=int, default=16)
-    ap.add_argument("--ef-construction", type=int, default=40)
+    ap.add_argument("--hnsw", default="16:40,32:200",
+                    help="HNSW graphs to build, as M:efConstruction pairs (the first is the old default)")
     ap.add_argument("--ef-search", default="16,32,64,128,256")
     ap.add_argument("--no-hnsw", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
@@ -319,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     c, k = a.curvature, a.k
     datasets = [d for d in a.datasets.split(",") if d]
     for d in datasets:
-        if d not in ("uniform", "clustered"):
+        if d not in ("uniform", "clustered", "realistic"):
             ap.error(f"unknown dataset {d!r}")
     res: dict = {
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -327,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "threads": a.threads,
         "params": {"n": a.n, "dim": a.dim, "curvature": c, "radius": [a.rmin, a.rmax], "queries": a.queries,
-                   "single_calls": a.single, "k": k, "hnsw_M": a.hnsw_m, "efConstruction": a.ef_construction,
+                   "single_calls": a.single, "k": k, "hnsw": a.hnsw,
                    "datasets": datasets, "clusters": max(1, a.n // 1000), "cluster_spread": a.cluster_spread},
         "loadavg_start": list(os.getloadavg()),
         "note": a.note,
@@ -335,10 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     t_start = time.perf_counter()
     for di, name in enumerate(datasets):
+        c = a.curvature
         log(f"[{name}] generating {a.n} x {a.dim} points (c={c})")
         if name == "uniform":
             X = gen_points(a.n, a.dim, c, seed=0, rmin=a.rmin, rmax=a.rmax)
             Q = gen_points(a.queries, a.dim, c, seed=1, rmin=a.rmin, rmax=a.rmax)
+        elif name == "realistic":
+            X, Q, c_data, info = gen_realistic(a.n, a.queries, a.cache)
+            if abs(c_data - c) > 1e-9:
+                log(f"realistic: the shipped model's curvature is {c_data:.4f}; using it for this dataset")
+            res["params"]["realistic"] = {**info, "curvature": c_data}
+            c = c_data
         else:
             nc = max(1, a.n // 1000)
             X = gen_clustered(a.n, a.dim, c, 0, a.rmin, a.rmax, nc, a.cluster_spread)
@@ -348,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if di == 0:
             Xt = torch.from_numpy(X)
 
-            def torch_search(q: np.ndarray, Xt=Xt):
+            def torch_search(q: np.ndarray, Xt=Xt, c=c):
                 d = L.pairwise_dist(torch.from_numpy(q), Xt, c)
                 return torch.topk(d, k, dim=1, largest=False)
 
@@ -383,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         del X, Q
         gc.collect()
 
+    res["rows"] = result_rows(res, a.n)
     res["total_s"] = time.perf_counter() - t_start
     res["loadavg_end"] = list(os.getloadavg())
     a.out.mkdir(parents=True, exist_ok=True)
@@ -390,6 +474,25 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "index.md").write_text(render_md(res))
     log(f"wrote {a.out / 'index.json'} and {a.out / 'index.md'}")
     return 0
+
+
+def result_rows(res: dict, n: int) -> list[dict]:
+    """One row per (dataset, engine, setting): n, data, engine, params, recall_at_10, p50_ms, p99_ms, build_s,
+    memory_mb."""
+    rows = []
+    for name, d in res["datasets"].items():
+        f = d["flat"]
+        dim = res["params"]["dim"] if name != "realistic" else None
+        mem = f.get("memory_mb") or (n * ((dim or 0) + 1) * 4 / 2**20)
+        rows.append({"n": n, "data": name, "engine": "flat", "params": "exact IndexFlatIP", "recall_at_10": 1.0,
+                     "p50_ms": f["p50_ms"], "p99_ms": f["p99_ms"], "build_s": f["build_s"], "memory_mb": mem})
+        for h in d.get("hnsw", {}).values():
+            for row in h["sweep"]:
+                rows.append({"n": n, "data": name, "engine": "hnsw",
+                             "params": f"M={h['M']} efConstruction={h['efConstruction']} efSearch={row['efSearch']}",
+                             "recall_at_10": row["recall_at_10"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"],
+                             "build_s": h["build_s"], "memory_mb": h["memory_mb"]})
+    return rows
 
 
 def render_md(r: dict) -> str:
@@ -411,7 +514,12 @@ def render_md(r: dict) -> str:
         f"[{p['radius'][0]}, {p['radius'][1]}]. *uniform*: uniformly random directions. *clustered*: "
         f"{p['clusters']:,} random centre directions + Gaussian noise (norm ≈ {p['cluster_spread']}). "
         f"{p['queries']} queries drawn from the same distribution; top-{p['k']}; recall@10 against the exact "
-        "FAISS flat result.",
+        "FAISS flat result." + (
+            f" *realistic*: the shipped model's points of the shared data ({p['realistic']['texts']:,} texts, "
+            f"{p['realistic']['images']:,} emoji images; curvature {p['realistic']['curvature']:.3f}) → a "
+            f"{p['realistic']['components']}-component {p['realistic']['generative_model']}, sampled {p['n']:,} "
+            f"times; the {p['realistic']['held_out_queries']} queries are real points held out of the fit."
+            if "realistic" in p else ""),
         "",
         f"Single-query latency: one query per call ({p['single_calls']} calls; {t['single_calls']} for torch; 100 "
         "for e2e), FAISS on 1 OpenMP thread as `IndexSearcher` does for one query. Batch throughput: all queries "
@@ -433,11 +541,10 @@ def render_md(r: dict) -> str:
         agree = f" (= torch: {f['recall_vs_torch']:.4f})" if "recall_vs_torch" in f else ""
         lines.append(f"| {name} | FAISS IndexFlatIP, exact | {f['build_s']:.1f} s | {f['p50_ms']:.1f} ms "
                      f"| {f['p99_ms']:.1f} ms | {f['batch_qps']:.0f} q/s | 1{agree} |")
-        if "hnsw" in d:
-            h = d["hnsw"]
+        for h in d.get("hnsw", {}).values():
             for row in h["sweep"]:
                 lines.append(
-                    f"| {name} | HNSW M={p['hnsw_M']} efC={p['efConstruction']} efSearch={row['efSearch']} "
+                    f"| {name} | HNSW M={h['M']} efC={h['efConstruction']} efSearch={row['efSearch']} "
                     f"| {h['build_s']:.0f} s | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms "
                     f"| {row['batch_qps']:.0f} q/s | {row['recall_at_10']:.3f} |")
     if "e2e_searcher" in r:
@@ -446,13 +553,21 @@ def render_md(r: dict) -> str:
             lines.append(f"| {e['dataset']} | `IndexSearcher.search` mode={mode} (exact + fp64 re-rank + SQLite) "
                          f"| {e['build_s']:.0f} s | {e[mode]['p50_ms']:.1f} ms | {e[mode]['p99_ms']:.1f} ms "
                          f"| {e[mode]['batch_qps']:.0f} q/s | 1 |")
+    lines += ["", "Every setting (also in `index.json` → `rows`): single query on one thread, memory of the index "
+              "in RAM (vectors + graph links):", "",
+              "| n | data | engine | params | recall@10 | p50 ms | p99 ms | build s | memory MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in r.get("rows", []):
+        lines.append(f"| {row['n']:,} | {row['data']} | {row['engine']} | {row['params']} | {row['recall_at_10']:.3f} "
+                     f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['build_s']:.0f} | {row['memory_mb']:.0f} |")
     lines += ["", "HNSW recall@10 in detail (same graphs):", "",
               "| data | efSearch | Lorentz search (what `hysac search` uses) | + fp64 re-rank of top-26 "
               "| Euclidean control: the same graph searched with L2 vs exact L2 |", "|---|---|---|---|---|"]
     for name, d in r["datasets"].items():
-        for row in d.get("hnsw", {}).get("sweep", []):
-            lines.append(f"| {name} | {row['efSearch']} | {row['recall_at_10']:.3f} | "
-                         f"{row['recall_at_10_refined']:.3f} | {row['euclidean_control_recall_at_10']:.3f} |")
+        for key, h in d.get("hnsw", {}).items():
+            for row in h["sweep"]:
+                lines.append(f"| {name} ({key}) | {row['efSearch']} | {row['recall_at_10']:.3f} | "
+                             f"{row['recall_at_10_refined']:.3f} | {row['euclidean_control_recall_at_10']:.3f} |")
     f0 = r["datasets"][first]["flat"]
     lines += [
         "",
