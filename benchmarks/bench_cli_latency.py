@@ -87,7 +87,8 @@ def main() -> int:
     for row in rows.values():
         row["ratio"] = round(row["baseline"] / row["current"], 2)
     payload = {"machine": machine(), "baseline": args.baseline, "rounds": args.rounds,
-               "commands": {n: " ".join(["hysac", *a]) for n, a in commands(Path("IDX")).items()},
+               "commands": {n: " ".join(["hysac", *a]).replace(f"{ROOT}/", "")
+                            for n, a in commands(Path("IDX")).items()},
                "median_s": rows, "all_s": times}
     lines = ["# CLI latency: fresh process per command, baseline vs current", "",
              f"{payload['machine']['date']}, {payload['machine']['cpu']} ({payload['machine']['cpu_count']} CPUs), "
