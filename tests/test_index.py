@@ -501,3 +501,24 @@ def test_faiss_floor_guarantees_hnsw_similarity_mode(monkeypatch):
     monkeypatch.setattr(ann, "_inner", lambda index: old)
     with pytest.raises(InputError, match=f"faiss-cpu >= {ann.MIN_FAISS}"):
         ann.prepare_for_search(old)
+
+
+def test_hnsw_defaults_and_ef_search_growing_with_k(tmp_path):
+    """The measured defaults (M 32, efConstruction 200, efSearch 256) and, at query time, efSearch of at least
+    EF_PER_CANDIDATE x the candidates fetched (k + the fp64 re-rank margin), so a large k keeps its recall."""
+    import faiss
+
+    from hysac.index.ann import EF_PER_CANDIDATE
+    from hysac.index.search import REFINE_MARGIN
+
+    ann = AnnConfig(type="hnsw")
+    assert (ann.M, ann.efConstruction, ann.efSearch) == (32, 200, 256)
+    model = FakeModel(dim=16)
+    pts = fake.random_points(600, 16, 0.5, seed=21)
+    root = points_index(tmp_path / "idx", model, pts, batch=600, ann=AnnConfig(type="hnsw", efSearch=8))
+    with IndexSearcher(root, model) as s:
+        inner = faiss.downcast_index(s.faiss_index("text").index)
+        s.search(pts[:2], k=5)
+        assert inner.hnsw.efSearch == EF_PER_CANDIDATE * (5 + REFINE_MARGIN)
+        s.search(pts[:2], k=40)
+        assert inner.hnsw.efSearch == EF_PER_CANDIDATE * (40 + REFINE_MARGIN)

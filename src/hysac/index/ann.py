@@ -57,16 +57,23 @@ __all__ = [
 #: the first faiss-cpu release whose HNSW has ``is_similarity`` (checked: 1.14.2 has not, 1.14.3 has)
 MIN_FAISS = "1.14.3"
 ANN_TYPES = ("none", "hnsw")
+#: at query time efSearch is at least this many times the candidates fetched (k + the re-rank margin), so that
+#: larger k (and the filter mode's over-fetch) keep their recall
+EF_PER_CANDIDATE = 10
 
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """``type="none"``: exact ``IndexFlatIP``; ``"hnsw"``: ``IndexHNSWFlat`` (M, efConstruction, efSearch)."""
+    """``type="none"``: exact ``IndexFlatIP``; ``"hnsw"``: ``IndexHNSWFlat`` (M, efConstruction, efSearch).
+
+    The HNSW defaults are chosen by measurement on 1M points with the neighbour structure of the shipped model's
+    embeddings (``benchmarks/results/index.md``, which also shows the former 16 / 40 / 64). At query time efSearch
+    also grows with the number of candidates asked for (:data:`EF_PER_CANDIDATE`)."""
 
     type: str = "none"
-    M: int = 16
-    efConstruction: int = 40
-    efSearch: int = 64
+    M: int = 32
+    efConstruction: int = 200
+    efSearch: int = 256
 
     def __post_init__(self):
         if self.type not in ANN_TYPES:

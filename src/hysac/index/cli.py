@@ -112,9 +112,9 @@ def build_command(
     engine: EngineOpt = "local",
     ann: Annotated[Optional[str], typer.Option(
         "--ann", help="none (exact IndexFlatIP) or hnsw; default: none for a new index, unchanged when resuming")] = None,
-    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW M")] = 16,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW efConstruction")] = 40,
-    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW efSearch (default at query time)")] = 64,
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW M")] = 32,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW efConstruction")] = 200,
+    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW efSearch (default at query time)")] = 256,
     column: ColumnOpt = "auto",
     ray_concurrency: RayOpt = 1,
     progress: ProgressOpt = True,

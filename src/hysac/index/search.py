@@ -64,6 +64,7 @@ from .ann import (
     prepare_for_search,
     query_vectors,
     read_faiss_index,
+    EF_PER_CANDIDATE,
     set_ef_search,
     storage_vectors,
 )
@@ -275,7 +276,7 @@ class IndexSearcher:
         pending = np.arange(B)
         chosen: list[np.ndarray | None] = [None] * B
         while pending.size:
-            set_ef_search(index, max(self.ef_search, kprime))
+            set_ef_search(index, max(self.ef_search, EF_PER_CANDIDATE * kprime))
             with _omp_threads_for(len(pending)):
                 _, I = index.search(qv[pending], kprime)
             still = []
