@@ -249,7 +249,8 @@ class FastTokenizer:
             # keep the final [SEP], as the tokenizer's own truncation does
             ids = [x if len(x) <= limit else x[:limit - 1] + x[-1:] for x in ids]
         if padding in (True, "longest") or padding == "max_length":
-            width = limit if padding == "max_length" else max((len(x) for x in ids), default=0)
+            longest = max((len(x) for x in ids), default=0)
+            width = max(limit, longest) if padding == "max_length" else longest
             mask = [[1] * len(x) + [0] * (width - len(x)) for x in ids]
             ids = [x + [self.pad_token_id] * (width - len(x)) for x in ids]
         else:
