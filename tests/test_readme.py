@@ -3,7 +3,9 @@
 The folder holds links to the repository's ``examples/`` and ``configs/`` (what the commands read) and receives
 what they write (``emb.safetensors``, ``my-index``, ``hysac-demo``, reports). Two commands get quick-run flags,
 listed in :data:`QUICK` with the reason; setup scripts that the test environment has already run are listed in
-:data:`ALREADY_RUN`. Any other README command that appears later runs as written, so the README cannot drift.
+:data:`ALREADY_RUN`; the steps on a Ray cluster's machines (:data:`CLUSTER`) are run with two nodes on this machine by
+``tests/test_index_ray_cluster.py``. Any other README command that appears later runs as written, so the README
+cannot drift.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ ALREADY_RUN = {
     "bash scripts/install-image-data.sh": "root + apt; the integration tests skip without its data",
     ".venv/bin/python -m pytest": "the command running these tests",
 }
+#: the README's steps on a Ray cluster's machines (placeholders for the host and the shared secret): run, with two
+#: nodes on this machine, by tests/test_index_ray_cluster.py
+CLUSTER = ("export RAY_AUTH_MODE=", "ray start --head", "ray start --address", "RAY_ADDRESS=HEAD:6379 hysac")
 
 
 def _blocks(lang: str) -> list[str]:
@@ -81,7 +86,8 @@ def test_readme_lists_the_commands_we_expect():
     assert any(c.startswith("hysac index build") for c in cmds) and any(c.startswith("hysac serve") for c in cmds)
     # every skipped line is a known setup script
     skipped = [c for c in cmds if not c.startswith(("hysac", ".venv/bin/hysac"))]
-    assert all(any(c.startswith(k) for k in ALREADY_RUN) for c in skipped), skipped
+    assert all(any(c.startswith(k) for k in (*ALREADY_RUN, *CLUSTER)) for c in skipped), skipped
+    assert sum(c.startswith(CLUSTER) for c in cmds) == len(CLUSTER)  # the cluster steps are all there
 
 
 def test_every_readme_command_runs_as_written(workdir):
@@ -92,7 +98,7 @@ def test_every_readme_command_runs_as_written(workdir):
         pytest.skip("needs ../shared/data (train --dry-run and eval read it)")
     ran = []
     for cmd in _commands():
-        if any(cmd.startswith(k) for k in ALREADY_RUN):
+        if any(cmd.startswith(k) for k in ALREADY_RUN) or cmd.startswith(CLUSTER):
             continue
         argv = _argv(cmd)
         if cmd.startswith("hysac serve"):
