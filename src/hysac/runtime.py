@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .feature_cache import FeatureStore
     from .model import HySAC
 
-__all__ = ["EncodeRuntime", "Collector", "check_batch_size", "encode_texts_sorted", "encode_images_chunked",
-           "progress_bar"]
+__all__ = ["EncodeRuntime", "Collector", "check_batch_size", "check_pixels", "image_items", "encode_texts_sorted",
+           "encode_images_chunked", "progress_bar"]
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -130,19 +130,29 @@ def encode_token_ids(model: "HySAC", input_ids: Tensor, *, batch_size: int, proj
     return torch.cat(out)
 
 
-def _pixel_batches(model: "HySAC", images: Any, batch_size: int, prefetch: bool) -> tuple[int, Iterable[Tensor]]:
+def check_pixels(images: Tensor) -> Tensor:
+    """A preprocessed (B,3,H,W) pixel tensor with finite values, else :class:`InputError`."""
     from . import lorentz as L
+
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
+    return L.check_finite(images, "pixel tensor")
+
+
+def image_items(images: Any) -> list:
+    """One path / PIL image, or a sequence of them → a list."""
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
+        return [images]
+    return list(images)
+
+
+def _pixel_batches(model: "HySAC", images: Any, batch_size: int, prefetch: bool) -> tuple[int, Iterable[Tensor]]:
     from .images import load_image
 
     if isinstance(images, Tensor):
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
-        L.check_finite(images, "pixel tensor")
-        n = int(images.shape[0])
+        n = int(check_pixels(images).shape[0])
         return n, (images[i:i + batch_size] for i in range(0, n, batch_size))
-    if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):  # one path or one PIL image
-        images = [images]
-    items = list(images)
+    items = image_items(images)
 
     def prep(i: int) -> Tensor:
         return model.backbone.preprocess_images([load_image(s) for s in items[i:i + batch_size]])

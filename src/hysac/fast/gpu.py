@@ -25,7 +25,6 @@ the better CPU path), which is how the tests exercise it.
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .loader import pixel_batches
-from ..runtime import Collector, EncodeRuntime, check_batch_size, progress_bar
+from ..runtime import Collector, EncodeRuntime, check_batch_size, check_pixels, image_items, progress_bar
 
 __all__ = ["ATTENTIONS", "PRECISIONS", "GpuRuntime", "encode_image_device", "optimize_for_gpu", "set_attention"]
 
@@ -166,7 +165,6 @@ def encode_image_device(model, images, *, batch_size: int = IMAGE_BATCH, project
     :func:`hysac.fast.loader.pixel_batches`) when the backbone has a :meth:`pixel_spec`, else preprocessed in this
     process with ``backbone.preprocess_images``. A (B,3,H,W) pixel tensor is used as is. Returns (N,D) fp32 on the
     CPU, in input order; a bad item raises :class:`InputError` naming it."""
-    from .. import lorentz as L
     from ..images import load_image
 
     batch_size = check_batch_size(batch_size)
@@ -174,15 +172,10 @@ def encode_image_device(model, images, *, batch_size: int = IMAGE_BATCH, project
     device = model.device
     spec = bb.pixel_spec()
     if isinstance(images, Tensor):
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise InputError(f"pixel tensor must have shape (B,3,H,W), got {tuple(images.shape)}")
-        L.check_finite(images, "pixel tensor")
-        n = int(images.shape[0])
+        n = int(check_pixels(images).shape[0])
         batches = ((None, images[i:i + batch_size].to(device)) for i in range(0, n, batch_size))
     else:
-        if isinstance(images, (str, os.PathLike)) or hasattr(images, "mode"):
-            images = [images]
-        items = list(images)
+        items = image_items(images)
         n = len(items)
         if spec is not None:
             batches = pixel_batches(items, spec, device=device, batch_size=batch_size, workers=workers,
