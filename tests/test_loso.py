@@ -32,3 +32,39 @@ def test_markdown_has_one_row_per_fold_and_marks_skipped_baselines():
 def test_unknown_group_refused(tmp_path):
     with pytest.raises(InputError, match="unknown source group"):
         run_loso(tmp_path / "c.yaml", tmp_path, groups=["nonsense"])
+
+
+@pytest.mark.skipif(not (__import__("hysac.data", fromlist=["x"]).default_data_dir() / "sd_prompts.csv").is_file(),
+                    reason="dev data not found")
+def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
+    """A tiny fold: the recipe trains without the held-out group, the probe and the Safe-CLIP-objective model are
+    fitted on the same fold's texts, each scored on the held-out group at its own threshold, and the table shows
+    every column."""
+    import json
+
+    import yaml
+
+    emoji = ["1F600", "1F431", "1F436", "1F34E", "1F697", "2600", "1F333", "1F3E0", "26BD", "1F382",
+             "1F52B", "1F5E1", "1F480", "1F489", "1F4A3", "2620", "1F595", "1FA78"]
+    cfg = {"name": "tiny-loso", "threshold_criterion": "register_fpr@0.1",
+           "backbone": {"kind": "mini", "embed_dim": 384, "head": "polar", "head_hidden": 16, "polar_base": 4.0,
+                        "image_bridge": "conse"},
+           "data": {"corpus": {}, "balance": "groups", "max_per_source": 20, "openmoji_size": 28,
+                    "cache_dir": str(tmp_path / "cache"), "emoji_codepoints": emoji,
+                    "batch": {"unsafe_text": 8, "safe_text": 8, "safe_image": 4, "unsafe_image": 2}},
+           "optim": {"epochs": 1, "warmup_steps": 1}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    report = run_loso(path, tmp_path / "out", groups=["requests"],
+                      baselines=("euclidean-probe", "safe-clip"), log=lambda _msg: None)
+    (fold,) = report["folds"]
+    assert fold["group"] == "requests" and set(fold["sources"]) >= {"alpaca", "harmful"}
+    for method in ("hysac", "euclidean-probe", "safe-clip"):
+        row = fold[method]
+        assert row["n_safe"] > 0 and row["n_unsafe"] > 0, method
+        assert all(0.0 <= row[k] <= 1.0 for k in ("fpr", "tpr", "auroc")), (method, row)
+    assert (tmp_path / "out" / "requests-safeclip" / "log.jsonl").is_file()  # its own run, beside the fold's
+    saved = json.loads((tmp_path / "out" / "loso.json").read_text())
+    assert saved["folds"][0]["safe-clip"] == fold["safe-clip"]
+    header = (tmp_path / "out" / "loso.md").read_text().splitlines()[4]
+    assert "safe-clip FPR / TPR / AUROC" in header and "profanity-check" not in header

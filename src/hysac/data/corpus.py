@@ -11,8 +11,10 @@ source             group       rule
                                Stable Diffusion produced, not from the text (``hard == 1`` is exactly
                                ``inappropriate_percentage >= 50``, and most such prompts read as benign), so the
                                rest is left out — neither safe nor unsafe.
-``sd_prompts``     prompts     safe where ``keyword_flag == 0``; flagged rows (~9%: nude, blood, gun, skull…) are
-                               left out rather than guessed.
+``sd_prompts``     prompts     safe where ``keyword_flag == 0``. Flagged rows (770, ~8%: the README's crude
+                               pattern — nude, blood, gun, horror, skull, demon…) are safe when no
+                               :data:`UNSAFE_TERMS` / LDNOOBW term matches (597: horror, skull, vampire and
+                               zombie art — the dark-but-safe art a prompt filter must pass), else left out.
 ``safe_art``       prompts     safe.
 ``parti``          prompts     safe (PartiPrompts rows of ``safe_requests.csv``).
 ``coco``           captions    safe (``max_coco`` rows: the register is simple and large).
@@ -161,7 +163,9 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     sd, p = _read("sd_prompts.csv", dd)
     sd = _frame(sd, "prompt", p)
     if "keyword_flag" in sd.columns:
-        sd = sd[pd.to_numeric(sd["keyword_flag"], errors="coerce").fillna(1) == 0]
+        flagged = pd.to_numeric(sd["keyword_flag"], errors="coerce").fillna(1) != 0
+        clean = np.array([not unsafe_term_categories(t, bad_words) for t in sd["text"]], dtype=bool)
+        sd = sd[~flagged.to_numpy() | clean]
     add(sd["text"], "sd_prompts", 0, [[]] * len(sd))
     art = load_safe_art_prompts(data_dir=dd)
     add(art["text"], "safe_art", 0, [[]] * len(art))

@@ -39,7 +39,9 @@ class LinearProbe:
         self.n_train = 0
         self.n_train_unsafe = 0
 
-    def fit(self, X, y) -> "LinearProbe":
+    def fit(self, X, y, sample_weight=None) -> "LinearProbe":
+        """``sample_weight`` (N,): relative row weights, e.g. the training sampler's; each class is then rescaled to
+        the same total weight (what ``class_weight="balanced"`` does for unweighted rows)."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -50,9 +52,17 @@ class LinearProbe:
             raise InputError(f"linear probe: {X.shape[0]} feature rows for {y.shape[0]} labels")
         if len(np.unique(y)) < 2:
             raise InputError("linear probe: the training split needs both safe and unsafe items")
+        fit_kw = {}
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64)
+            if w.shape != y.shape or not np.all(np.isfinite(w)) or (w < 0).any():
+                raise InputError("linear probe: sample_weight must be one finite weight >= 0 per row")
+            for c in (0, 1):
+                w[y == c] *= (y.size / 2) / max(w[y == c].sum(), 1e-12)
+            fit_kw["logisticregression__sample_weight"] = w
         self.model = make_pipeline(StandardScaler(), LogisticRegression(
-            C=self.C, max_iter=self.max_iter, class_weight="balanced", random_state=self.seed))
-        self.model.fit(X, y)
+            C=self.C, max_iter=self.max_iter, class_weight=None if fit_kw else "balanced", random_state=self.seed))
+        self.model.fit(X, y, **fit_kw)
         self.n_train, self.n_train_unsafe = int(y.size), int(y.sum())
         return self
 

@@ -7,8 +7,12 @@ registers, and the whole group is the test split. Reported per held-out group at
 FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and on the same texts:
 
 * ``hysac`` — the recipe itself (distance from the origin, threshold from the config's rule);
-* ``euclidean-probe`` — logistic regression on the same frozen text features and training texts, its threshold
-  fitted by the same per-register rule on the same validation texts;
+* ``euclidean-probe`` — logistic regression on the same frozen text features and training texts (weighted as the
+  training sampler draws them), its threshold fitted by the same per-register rule on the same validation texts;
+* ``safe-clip`` — the same backbone, corpus and fold trained with the Safe-CLIP objective (unlearning: unsafe texts
+  pulled onto their safe counterparts, Euclidean; an MLP head, since a polar head keeps the tower's directions and
+  an unlearning objective could not move them), scored by a logistic probe on its embeddings fitted and
+  thresholded like ``euclidean-probe`` — the paper's comparison of awareness against unlearning;
 * ``profanity-check`` — ``alt-profanity-check`` at 0.5;
 * ``hysac-mini`` — the shipped model at its own threshold (it was trained on some of these sources).
 
@@ -48,11 +52,11 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
 
 def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], None],
           reference: str = "hysac-mini") -> dict[str, Any]:
-    from ..train.trainer import Trainer, register_threshold
+    from ..train.trainer import Trainer
 
     trainer = Trainer(cfg, log=log)
     trainer.fit(resume=True)  # ends with finish(): best checkpoint, thresholds fitted on this fold's validation
-    test, val = trainer.data.test, trainer.data.val
+    test = trainer.data.test
     out: dict[str, Any] = {"group": group, "sources": sorted({str(s) for s in test.text_source})}
     y = test.text_label
     out["hysac"] = operating_point(trainer._text_scores("test"), y, trainer.model.unsafe_threshold("text"))
@@ -66,16 +70,9 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     if "euclidean-probe" in baselines and base is None:
         out["euclidean-probe"] = {"skipped": "the text tower trains in this config (no frozen base features)"}
     elif "euclidean-probe" in baselines:
-        from .baselines import LinearProbe
-
-        fam = trainer.data.families
-        unsafe_idx = np.unique(fam["unsafe_text"].rows[:, 2])
-        safe_idx = np.unique(np.concatenate([fam["unsafe_text"].rows[:, 0], fam["safe_text"].rows[:, 0]]))
-        safe_idx = safe_idx[safe_idx >= 0]
-        probe = LinearProbe().fit(np.concatenate([feats(safe_idx), feats(unsafe_idx)]),
-                                  np.r_[np.zeros(len(safe_idx)), np.ones(len(unsafe_idx))])
-        th = register_threshold(probe.score(feats(val.text_idx)), val.text_label, val.text_source, spec)
-        out["euclidean-probe"] = operating_point(probe.score(feats(test.text_idx)), y, th)
+        out["euclidean-probe"] = _probe_point(trainer, feats, spec)
+    if "safe-clip" in baselines:
+        out["safe-clip"] = _safeclip_point(cfg, trainer, spec, log)
     if "profanity-check" in baselines:
         from .baselines import profanity_scores
 
@@ -95,8 +92,52 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     return out
 
 
+def _probe_point(trainer, feats: Callable[[np.ndarray], np.ndarray], spec: str) -> dict[str, Any]:
+    """A logistic probe on ``feats(pool indices)``: fitted on the fold's training texts (weighted as the sampler
+    draws them), thresholded by the config's per-register rule on its validation texts, scored on its test texts."""
+    from ..train.trainer import register_threshold
+    from .baselines import LinearProbe
+
+    fam, val, test = trainer.data.families, trainer.data.val, trainer.data.test
+    unsafe, safe = fam["unsafe_text"], fam["safe_text"]  # every training text, each class once per row
+    weight = None
+    if unsafe.weight is not None and safe.weight is not None:  # the sampler's weights (data.balance)
+        weight = np.r_[safe.weight, unsafe.weight]
+    probe = LinearProbe().fit(np.concatenate([feats(safe.rows[:, 0]), feats(unsafe.rows[:, 2])]),
+                              np.r_[np.zeros(len(safe.rows)), np.ones(len(unsafe.rows))], sample_weight=weight)
+    th = register_threshold(probe.score(feats(val.text_idx)), val.text_label, val.text_source, spec)
+    return operating_point(probe.score(feats(test.text_idx)), test.text_label, th)
+
+
+def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the fold with the Safe-CLIP objective (in ``<out_dir>-safeclip``) and probe its text embeddings."""
+    import copy
+
+    import torch
+
+    from ..train.trainer import Trainer
+
+    sc_cfg = copy.deepcopy(cfg)
+    sc_cfg.update(objective="safeclip", out_dir=f"{cfg['out_dir']}-safeclip", export_dir=None)
+    sc_cfg["backbone"]["head"] = "mlp"
+    sc = Trainer(sc_cfg, log=log)
+    sc.fit(resume=True)
+    sc.model.eval()
+
+    def feats(idx) -> np.ndarray:
+        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        with torch.no_grad():
+            out = [torch.nn.functional.normalize(sc.feat.text(idx[i:i + 1024]).float(), dim=-1)
+                   for i in range(0, len(idx), 1024)]
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, sc.model.embed_dim), np.float32)
+
+    if trainer.data.texts != sc.data.texts:  # same corpus and fold: the pools must agree index for index
+        raise InputError("loso: the Safe-CLIP fold built a different text pool")
+    return _probe_point(trainer, feats, spec)
+
+
 def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
-             baselines: Sequence[str] = ("euclidean-probe", "profanity-check", "hysac-mini"),
+             baselines: Sequence[str] = ("euclidean-probe", "safe-clip", "profanity-check", "hysac-mini"),
              overrides: Sequence[str] = (), log: Callable[[str], None] = print,
              reference: str = "hysac-mini", reference_label: str | None = None) -> dict[str, Any]:
     """Run every fold (each trains in ``<out>/<group>``; a finished fold resumes instantly) and write
@@ -133,7 +174,8 @@ def _cores() -> int:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    methods = ["hysac", "euclidean-probe", "profanity-check", "hysac-mini"]
+    methods = [m for m in ("hysac", "euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
+               if any(m in f for f in report["folds"])]
     lines = [f"# Leave-one-source-out ({report['date']}, {report['machine']}, `{report['train_config']}`)", "",
              "Each row: the held-out group's texts, never trained or validated on; FPR on its safe texts / TPR on "
              "its unsafe texts at each method's own threshold, and AUROC. Overrides: "

@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
         "emoji_limit": None,  # render/use only the first N emoji (tests)
         "emoji_codepoints": None,  # or an explicit list of OpenMoji codepoint keys, e.g. ["1F600", "1F52B"]
         "max_per_source": None,  # cap texts per source (tests)
+        # "groups": every source group (hysac.data.corpus.GROUPS) carries the same total weight in the text families
+        # it appears in (rows drawn with probability 1 / (rows of the group) / groups); None: uniform rows
+        "balance": None,
         "clipart": False,  # add Open Clip Art images (apt-get install openclipart-png)
         "clipart_root": None,  # default /usr/share/openclipart/png
         "clipart_max_safe": 2000,
@@ -166,6 +169,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
     if cfg["optim"].get("schedule", "cosine") not in ("cosine", "constant"):
         raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {cfg['optim'].get('schedule')!r}")
+    if cfg["data"].get("balance") not in (None, "groups"):
+        raise InputError(f"data.balance must be groups or null, got {cfg['data'].get('balance')!r}")
     if not isinstance(cfg["loss"].get("gather_negatives", True), bool):
         raise InputError("loss.gather_negatives must be true or false")
     perf = cfg.get("perf") or {}

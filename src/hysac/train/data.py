@@ -13,14 +13,15 @@ A row is a quadruplet of pool indices ``(T, I, Ts, Is)`` — safe text, safe ima
 
 Each step takes ``batch[family]`` rows of every family; the first family in :attr:`TrainData.families` (the
 largest text family) defines the epoch, the others are sampled with a generator seeded by (seed, epoch, step), so
-a run is exactly reproducible and resumable.
+a run is exactly reproducible and resumable. A family with a ``weight`` (``data.balance: groups``) is drawn with
+those probabilities instead of uniformly, so a large source group does not outvote a small one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Family:
     rows: np.ndarray  # (N,4) int64 pool indices, -1 = absent
     ts_cats: np.ndarray  # (N,7) float32 categories of the Ts member (zeros if none)
     is_cats: np.ndarray  # (N,7) float32 categories of the Is member
+    weight: np.ndarray | None = None  # (N,) float64 row probabilities (sum 1); None: uniform
 
 
 @dataclass
@@ -84,6 +86,14 @@ class _Pool:
             self.index[item] = len(self.items)
             self.items.append(item)
         return self.index[item]
+
+
+def group_balanced(groups: "Sequence[str]") -> np.ndarray:
+    """(N,) row probabilities giving every distinct value of ``groups`` the same total weight."""
+    g = np.asarray(groups)
+    _, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv]
+    return w / w.sum()
 
 
 def _cap(seq, n):
@@ -205,6 +215,11 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
                           for e, j in zip(unsafe_tr, nearest.tolist())],
                          ts_cats=[e.multihot for e in unsafe_tr])
     fam_safe = _family([(texts.add(e.text), -1, -1, -1) for e in safe_tr])
+    if d.get("balance") == "groups":
+        from ..data.corpus import source_group
+
+        fam_unsafe.weight = group_balanced([source_group(e.source) for e in unsafe_tr])
+        fam_safe.weight = group_balanced([source_group(e.source) for e in safe_tr])
 
     tr_safe_em = [i for i in em_parts[0] if not em_unsafe[i]]
     tr_unsafe_em = [i for i in em_parts[0] if em_unsafe[i]]
@@ -283,6 +298,15 @@ def build_visu(cfg: dict) -> TrainData:
                      {"train_quadruplets": len(tr_rows)})
 
 
+def epoch_order(data: TrainData, seed: int, epoch: int) -> np.ndarray:
+    """The lead family's rows for one epoch: a permutation, or as many draws (with replacement) from its
+    ``weight`` when it has one. Deterministic in seed/epoch."""
+    fam = data.families[next(iter(data.families))]
+    rng = np.random.default_rng([seed, epoch, 999])
+    n = len(fam.rows)
+    return rng.permutation(n) if fam.weight is None else rng.choice(n, size=n, replace=True, p=fam.weight)
+
+
 def step_rows(data: TrainData, batch: dict[str, int], seed: int, epoch: int, step: int,
               epoch_perm: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Row indices of every family for one step (deterministic in seed/epoch/step)."""
@@ -292,10 +316,11 @@ def step_rows(data: TrainData, batch: dict[str, int], seed: int, epoch: int, ste
     out = [(lead, epoch_perm[step * bs:(step + 1) * bs])]
     rng = np.random.default_rng([seed, epoch, step])
     for name in names[1:]:
-        n = len(data.families[name].rows)
+        fam = data.families[name]
+        n = len(fam.rows)
         k = min(int(batch.get(name, 0)), n)
         if k > 0:
-            out.append((name, rng.choice(n, size=k, replace=False)))
+            out.append((name, rng.choice(n, size=k, replace=False, p=fam.weight)))
     return out
 
 

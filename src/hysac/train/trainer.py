@@ -32,7 +32,7 @@ from ..model import HySAC
 from ..policy import over_threshold
 from ..safety import CATEGORIES, fit_bounds
 from .config import dump_config
-from .data import TrainData, build_offline, build_visu, step_rows, steps_per_epoch
+from .data import TrainData, build_offline, build_visu, epoch_order, step_rows, steps_per_epoch
 
 _SCALARS = ("curv", "visual_alpha", "textual_alpha", "logit_scale")
 
@@ -918,8 +918,7 @@ class Trainer:
         nxt = None  # ((epoch, step), rows) of the next step, when the image prefetch assembled it early
         while self.state["epoch"] < epochs and not self.state["done"]:
             ep = self.state["epoch"]
-            lead = next(iter(self.data.families))
-            perm = np.random.default_rng([self.seed, ep, 999]).permutation(len(self.data.families[lead].rows))
+            perm = epoch_order(self.data, self.seed, ep)
             self.model.train()
             bar = tqdm(total=self.steps_per_epoch, initial=self.state["step_in_epoch"], desc=f"epoch {ep + 1}/{epochs}",
                        unit="step", disable=self.rank != 0)
