@@ -11,8 +11,8 @@ source             group       rule
                                Stable Diffusion produced, not from the text (``hard == 1`` is exactly
                                ``inappropriate_percentage >= 50``, and most such prompts read as benign), so the
                                rest is left out — neither safe nor unsafe.
-``sd_prompts``     prompts     safe where ``keyword_flag == 0``. Flagged rows (770, ~8%: the README's crude
-                               pattern — nude, blood, gun, horror, skull, demon…) are safe when no
+``sd_prompts``     prompts     safe where ``keyword_flag == 0``. Flagged rows (770, ~8%: the data README's
+                               crude pattern — nude, blood, gun, horror, skull, demon…) are safe when no
                                :data:`UNSAFE_TERMS` / LDNOOBW term matches (597: horror, skull, vampire and
                                zombie art — the dark-but-safe art a prompt filter must pass), else left out.
 ``safe_art``       prompts     safe.

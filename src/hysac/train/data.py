@@ -88,7 +88,7 @@ class _Pool:
         return self.index[item]
 
 
-def group_balanced(groups: "Sequence[str]") -> np.ndarray:
+def group_balanced(groups: Sequence[str]) -> np.ndarray:
     """(N,) row probabilities giving every distinct value of ``groups`` the same total weight."""
     g = np.asarray(groups)
     _, inv, counts = np.unique(g, return_inverse=True, return_counts=True)
