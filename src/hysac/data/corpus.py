@@ -163,9 +163,10 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     sd, p = _read("sd_prompts.csv", dd)
     sd = _frame(sd, "prompt", p)
     if "keyword_flag" in sd.columns:
-        flagged = pd.to_numeric(sd["keyword_flag"], errors="coerce").fillna(1) != 0
-        clean = np.array([not unsafe_term_categories(t, bad_words) for t in sd["text"]], dtype=bool)
-        sd = sd[~flagged.to_numpy() | clean]
+        flagged = (pd.to_numeric(sd["keyword_flag"], errors="coerce").fillna(1) != 0).to_numpy()
+        keep = ~flagged  # the term rule runs on the flagged rows only
+        keep[flagged] = [not unsafe_term_categories(t, bad_words) for t in sd["text"][flagged]]
+        sd = sd[keep]
     add(sd["text"], "sd_prompts", 0, [[]] * len(sd))
     art = load_safe_art_prompts(data_dir=dd)
     add(art["text"], "safe_art", 0, [[]] * len(art))
