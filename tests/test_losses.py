@@ -446,3 +446,33 @@ def test_contrastive_terms_can_read_other_points_of_the_same_rows():
             torch.testing.assert_close(t0[name], t2[name])
         else:
             assert not torch.allclose(t0[name], t2[name]), name
+
+
+def test_safety_rank_loss_is_a_smooth_auroc_surrogate():
+    """Pairwise logistic ranking of (log) distances: equals the hand-computed pair mean, falls as the two classes
+    separate, pushes unsafe rows out and safe rows in, and is zero-with-gradient when a class is absent."""
+    import torch.nn.functional as F
+
+    from hysac.losses import safety_rank_loss
+
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(9, generator=g) * 3 + 0.5
+    u = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    ld = d.log()
+    expect = torch.stack([F.softplus((ld[i] - ld[j]) / 0.1) for i in range(9) for j in range(9)
+                          if not u[i] and u[j]]).mean()
+    torch.testing.assert_close(safety_rank_loss(d, u, 0.1), expect)
+    torch.testing.assert_close(safety_rank_loss(d, u, 0.1, log_space=False),
+                               torch.stack([F.softplus((d[i] - d[j]) / 0.1) for i in range(9) for j in range(9)
+                                            if not u[i] and u[j]]).mean())
+    apart = torch.where(u, d + 5.0, d)
+    assert safety_rank_loss(apart, u, 0.1) < safety_rank_loss(d, u, 0.1)
+    x = d.clone().requires_grad_()
+    safety_rank_loss(x, u, 0.1).backward()
+    assert bool((x.grad[u] < 0).all()) and bool((x.grad[~u] > 0).all())  # descent: unsafe out, safe in
+    y = d.clone().requires_grad_()
+    none = safety_rank_loss(y, torch.zeros(9, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0.0 and y.grad is not None and bool((y.grad == 0).all())
+    with pytest.raises(ValueError):
+        safety_rank_loss(d, u, 0.0)

@@ -32,19 +32,20 @@ def _cfg(tmp, clip, out, **over):
 
 def test_train_loss_falls_resume_exact_and_export(tmp_path, clip_folder):
     # uninterrupted reference run
-    ref = run_training(_cfg(tmp_path, clip_folder, tmp_path / "a"))
+    rank = {"loss.safety_rank": 1.0}  # the optional extension term rides along (logged, resumed exactly)
+    ref = run_training(_cfg(tmp_path, clip_folder, tmp_path / "a", **rank))
     assert ref["global_step"] == 2 * -(-ref["data"]["train_unsafe_texts"] // 6)  # epochs × steps per epoch
     log = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == ref["global_step"]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
-    for key in ("con_TI", "ent_T_I", "class_order", "curvature", "visual_alpha", "lr"):
+    for key in ("con_TI", "ent_T_I", "class_order", "safety_rank", "curvature", "visual_alpha", "lr"):
         assert key in log[0]
 
     # interrupted after 3 optimizer steps, then resumed to the end
-    cut = run_training(_cfg(tmp_path, clip_folder, tmp_path / "b", max_steps=3))
+    cut = run_training(_cfg(tmp_path, clip_folder, tmp_path / "b", max_steps=3, **rank))
     assert cut["interrupted"] and cut["stopped_at_step"] == 3
-    resumed = run_training(_cfg(tmp_path, clip_folder, tmp_path / "b"))
+    resumed = run_training(_cfg(tmp_path, clip_folder, tmp_path / "b", **rank))
     assert resumed["global_step"] == ref["global_step"]
     wa = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
@@ -70,6 +71,10 @@ def test_config_errors(tmp_path):
         load_config(None, ["optim.lr"])
     with pytest.raises(InputError, match="objective"):
         load_config(None, ["objective=magic"])
+    for bad_rank in (["loss.safety_rank=-1"], ["loss.safety_rank=lots"], ["loss.safety_rank_temperature=0"]):
+        with pytest.raises(InputError, match="loss.safety_rank"):
+            load_config(None, bad_rank)
+    assert load_config(None, ["loss.safety_rank=2"])["loss"]["safety_rank"] == 2
 
 
 def test_safeclip_objective_runs_and_saves(tmp_path, clip_folder):

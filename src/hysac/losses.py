@@ -767,3 +767,24 @@ def class_order_loss(dists: Tensor, classes: Tensor, n_classes: int = 4, margin:
     if not losses:
         return d.sum() * 0.0
     return torch.stack(losses).mean()
+
+
+def safety_rank_loss(dists: Tensor, unsafe: Tensor, temperature: float = 0.05, log_space: bool = True) -> Tensor:
+    """Pairwise logistic ranking of safety scores (our extension): the mean over every (safe a, unsafe b) pair of
+    rows of ``softplus((d_a − d_b) / temperature)``, a smooth surrogate of ``1 − AUROC`` of the distance from the
+    origin as a safe-vs-unsafe score. (N,) distances, (N,) bool ``unsafe`` → 0-d (zero when a class is absent).
+
+    Unlike the hinge of :func:`class_order_loss` it never saturates: every pair keeps pulling the two classes
+    apart in proportion to how badly it is ranked, which is what a logistic-regression probe optimises. With
+    ``log_space`` the differences are of ``log d`` (ratios), so the temperature keeps its meaning as radii grow.
+    """
+    if temperature <= 0:
+        raise ValueError(f"safety_rank temperature must be > 0, got {temperature}")
+    d = dists.float()
+    if log_space:
+        d = torch.log(d.clamp_min(1e-6))
+    u = unsafe.to(torch.bool)
+    a, b = d[~u], d[u]
+    if not (a.numel() and b.numel()):
+        return d.sum() * 0.0
+    return F.softplus((a[:, None] - b[None, :]) / temperature).mean()

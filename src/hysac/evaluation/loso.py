@@ -113,8 +113,6 @@ def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -
     """Train the fold with the Safe-CLIP objective (in ``<out_dir>-safeclip``) and probe its text embeddings."""
     import copy
 
-    import torch
-
     from ..train.trainer import Trainer
 
     sc_cfg = copy.deepcopy(cfg)
@@ -125,11 +123,7 @@ def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -
     sc.model.eval()
 
     def feats(idx) -> np.ndarray:
-        idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        with torch.no_grad():
-            out = [torch.nn.functional.normalize(sc.feat.text(idx[i:i + 1024]).float(), dim=-1)
-                   for i in range(0, len(idx), 1024)]
-        return torch.cat(out).cpu().numpy() if out else np.zeros((0, sc.model.embed_dim), np.float32)
+        return sc.embed_pool("text", idx).numpy()  # L2-normalised: the Safe-CLIP space
 
     if trainer.data.texts != sc.data.texts:  # same corpus and fold: the pools must agree index for index
         raise InputError("loso: the Safe-CLIP fold built a different text pool")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
         "class_order": 1.0,  # weight of the batch-level S < V < U < G radial ordering (our extension)
         "order_margin": 0.1,
         "order_log_space": False,  # hinge on log-distances (ratio margin) instead of distances
+        # weight of the pairwise logistic safe-vs-unsafe ranking of log distances from the origin (texts with texts,
+        # images with images; hysac.losses.safety_rank_loss) and its temperature
+        "safety_rank": 0.0,
+        "safety_rank_temperature": 0.05,
         "category": 1.0,  # weight of the 7-category BCE head
         "category_unsafe_only": True,  # train the category head on unsafe rows only
         # weight of "a photo of a <object>" ↔ simulated photo of that object contrastive term (backbones with
@@ -173,6 +178,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise InputError(f"data.balance must be groups or null, got {cfg['data'].get('balance')!r}")
     if not isinstance(cfg["loss"].get("gather_negatives", True), bool):
         raise InputError("loss.gather_negatives must be true or false")
+    for key, low, strict in (("safety_rank", 0.0, False), ("safety_rank_temperature", 0.0, True)):
+        v = cfg["loss"].get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low \
+                or (strict and v == low):
+            raise InputError(f"loss.{key} must be a number {'>' if strict else '>='} {low:g}, got {v!r}")
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

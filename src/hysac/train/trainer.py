@@ -27,7 +27,14 @@ from .. import metrics as M
 from ..backbones import build_backbone
 from ..errors import InputError
 from ..images import load_image
-from ..losses import HySACLoss, category_loss, class_order_loss, lorentz_contrastive, safeclip_loss
+from ..losses import (
+    HySACLoss,
+    category_loss,
+    class_order_loss,
+    lorentz_contrastive,
+    safeclip_loss,
+    safety_rank_loss,
+)
 from ..model import HySAC
 from ..policy import over_threshold
 from ..safety import CATEGORIES, fit_bounds
@@ -541,6 +548,20 @@ class Trainer:
                                      log_space=bool(cfg_l.get("order_log_space", False)))
             logs["class_order"] = float(order.detach())
             parts.append(w_order * order)
+        w_rank = float(cfg_l.get("safety_rank", 0.0))
+        if w_rank > 0:
+            ranks = []
+            for safe_k, unsafe_k in (("T", "Ts"), ("I", "Is")):
+                ms, mu = masks[f"has_{safe_k}"], masks[f"has_{unsafe_k}"]
+                if bool(ms.any()) and bool(mu.any()):
+                    d = torch.cat([L.dist0(hyp[safe_k][ms], c), L.dist0(hyp[unsafe_k][mu], c)])
+                    y = torch.cat([torch.zeros(int(ms.sum()), dtype=torch.bool, device=d.device),
+                                   torch.ones(int(mu.sum()), dtype=torch.bool, device=d.device)])
+                    ranks.append(safety_rank_loss(d, y, float(cfg_l.get("safety_rank_temperature", 0.05))))
+            if ranks:
+                rank = torch.stack(ranks).mean()
+                logs["safety_rank"] = float(rank.detach())
+                parts.append(w_rank * rank)
         if self.anchor_dirs is not None:
             anchor = self._anchor_loss(batch["rows"], feats, masks)
             logs["semantic_anchor"] = float(anchor.detach())
@@ -707,24 +728,30 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------------------
     @torch.no_grad()
+    def embed_pool(self, tower: str, idx: Any) -> Tensor:
+        """Pool indices (N,) of ``tower`` ("text" / "image") → (N, embed_dim) embeddings on the CPU, in chunks of
+        1024: lifted onto the hyperboloid, or L2-normalised for the Euclidean Safe-CLIP objective."""
+        fn = self.feat.text if tower == "text" else self.feat.image
+        lift = self.model.lift_text if tower == "text" else self.model.lift_image
+        euclid = self.cfg["objective"] == "safeclip"
+        idx = np.asarray(idx, dtype=np.int64)
+        out = []
+        for i in range(0, len(idx), 1024):
+            f = fn(torch.as_tensor(idx[i:i + 1024])).float()
+            out.append(F.normalize(f, dim=-1) if euclid else lift(f))
+        return torch.cat(out).cpu() if out else torch.zeros(0, self.model.embed_dim)
+
+    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, Any]:
         self.model.eval()
         self.model.backbone.refresh_class_features()
         es = getattr(self.data, split)
         c = self.model.curvature
         euclid = self.cfg["objective"] == "safeclip"
-
-        def enc(fn, idx, lift):
-            out = []
-            for i in range(0, len(idx), 1024):
-                f = fn(torch.as_tensor(idx[i:i + 1024])).float()
-                out.append(F.normalize(f, dim=-1) if euclid else lift(f))
-            return torch.cat(out).cpu() if out else torch.zeros(0, self.model.embed_dim)
-
-        t = enc(self.feat.text, es.text_idx, self.model.lift_text)
-        im = enc(self.feat.image, es.image_idx, self.model.lift_image)
-        pt = enc(self.feat.text, es.pair_text, self.model.lift_text)
-        pi = enc(self.feat.image, es.pair_image, self.model.lift_image)
+        t = self.embed_pool("text", es.text_idx)
+        im = self.embed_pool("image", es.image_idx)
+        pt = self.embed_pool("text", es.pair_text)
+        pi = self.embed_pool("image", es.pair_image)
         res: dict[str, Any] = {"curvature": c, "textual_alpha": float(self.model.textual_alpha.detach().exp()),
                                "visual_alpha": float(self.model.visual_alpha.detach().exp())}
         # retrieval between captions and images (pairs), both directions
@@ -741,10 +768,8 @@ class Trainer:
         if es.quads is not None and len(es.quads) > 1:
             # ViSU: the official figure, six paired R@1 terms (S↔V, S↔G, U↔V) over the n quadruplets
             q = es.quads
-            pts = {"S": enc(self.feat.text, q[:, 0], self.model.lift_text),
-                   "V": enc(self.feat.image, q[:, 1], self.model.lift_image),
-                   "U": enc(self.feat.text, q[:, 2], self.model.lift_text),
-                   "G": enc(self.feat.image, q[:, 3], self.model.lift_image)}
+            pts = {"S": self.embed_pool("text", q[:, 0]), "V": self.embed_pool("image", q[:, 1]),
+                   "U": self.embed_pool("text", q[:, 2]), "G": self.embed_pool("image", q[:, 3])}
             score = (lambda a, b: a @ b.T) if euclid else (lambda a, b: -L.pairwise_dist(a, b, c))
             res["recall_sum"], terms = M.official_recall_sum(pts, score)
             res["recall_terms"] = terms
