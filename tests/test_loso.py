@@ -68,3 +68,28 @@ def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
     assert saved["folds"][0]["safe-clip"] == fold["safe-clip"]
     header = (tmp_path / "out" / "loso.md").read_text().splitlines()[4]
     assert "safe-clip FPR / TPR / AUROC" in header and "profanity-check" not in header
+
+
+def test_cli_passes_the_reference_and_its_label(tmp_path, monkeypatch):
+    """``hysac eval --loso`` hands --group / --set / --reference / --reference-label to run_loso unchanged."""
+    from typer.testing import CliRunner
+
+    from hysac.cli import app
+    from hysac.evaluation import loso as loso_mod
+
+    seen = {}
+
+    def fake(config, out, **kw):
+        seen.update(kw, config=config, out=out)
+        return {"folds": [], "reference": kw["reference_label"] or kw["reference"], "date": "d", "machine": "m",
+                "train_config": str(config), "overrides": list(kw["overrides"]), "seconds": 0.0}
+
+    monkeypatch.setattr(loso_mod, "run_loso", fake)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    res = CliRunner().invoke(app, ["eval", "--loso", str(cfg), "--out", str(tmp_path / "o"), "--group", "tweets",
+                                   "--set", "backbone.text_lora=null", "--reference", str(tmp_path / "old"),
+                                   "--reference-label", "the former model", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen["groups"] == ["tweets"] and seen["overrides"] == ["backbone.text_lora=null"]
+    assert seen["reference"] == str(tmp_path / "old") and seen["reference_label"] == "the former model"

@@ -38,6 +38,8 @@ def eval_command(
                                                          "backbone.text_lora=null (repeatable)."),
     reference: str = typer.Option("hysac-mini", "--reference", help="With --loso: the model scored as the "
                                                                     "hysac-mini baseline (name or folder)."),
+    reference_label: Optional[str] = typer.Option(None, "--reference-label", help="With --loso: how the report "
+                                                  "names the --reference model (default: its name or folder)."),
 ) -> None:
     """Run retrieval (Tables 1/2/8), classification (Tables 5/6), redirection quality, baselines and figures;
     write report.md, metrics.json and PNGs to the output folder."""
@@ -48,7 +50,7 @@ def eval_command(
             raise InputError(f"--loso {loso}: no such training config")
         log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
         report = run_loso(loso, out or Path("reports/loso"), groups=group or None, overrides=setting, log=log,
-                          reference=reference)
+                          reference=reference, reference_label=reference_label)
         from .loso import to_markdown
 
         typer.echo(to_markdown(report))
