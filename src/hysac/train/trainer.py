@@ -538,26 +538,27 @@ class Trainer:
         logs = {k: float(v.detach()) for k, v in terms.items()}
         parts = [total]
         w_order = float(cfg_l.get("class_order", 0.0))
+        w_rank = float(cfg_l.get("safety_rank", 0.0))
+        # distances from the origin of each column's present rows, shared by the two radial terms
+        d0 = ({k: L.dist0(hyp[k][masks[f"has_{k}"]], c) for k in ("T", "I", "Ts", "Is")}
+              if w_order > 0 or w_rank > 0 else {})
         if w_order > 0:
-            ds, cls = [], []
-            for k, ci in (("T", 0), ("I", 1), ("Ts", 2), ("Is", 3)):
-                m = masks[f"has_{k}"]
-                ds.append(L.dist0(hyp[k][m], c))
-                cls.append(torch.full((int(m.sum()),), ci, device=self.device))
-            order = class_order_loss(torch.cat(ds), torch.cat(cls), margin=float(cfg_l.get("order_margin", 0.1)),
+            keys = ("T", "I", "Ts", "Is")  # classes S=0, V=1, U=2, G=3
+            cls = [torch.full((len(d0[k]),), ci, device=self.device) for ci, k in enumerate(keys)]
+            order = class_order_loss(torch.cat([d0[k] for k in keys]), torch.cat(cls),
+                                     margin=float(cfg_l.get("order_margin", 0.1)),
                                      log_space=bool(cfg_l.get("order_log_space", False)))
             logs["class_order"] = float(order.detach())
             parts.append(w_order * order)
-        w_rank = float(cfg_l.get("safety_rank", 0.0))
         if w_rank > 0:
             ranks = []
             for safe_k, unsafe_k in (("T", "Ts"), ("I", "Is")):
-                ms, mu = masks[f"has_{safe_k}"], masks[f"has_{unsafe_k}"]
-                if bool(ms.any()) and bool(mu.any()):
-                    d = torch.cat([L.dist0(hyp[safe_k][ms], c), L.dist0(hyp[unsafe_k][mu], c)])
-                    y = torch.cat([torch.zeros(int(ms.sum()), dtype=torch.bool, device=d.device),
-                                   torch.ones(int(mu.sum()), dtype=torch.bool, device=d.device)])
-                    ranks.append(safety_rank_loss(d, y, float(cfg_l.get("safety_rank_temperature", 0.05))))
+                a, b = d0[safe_k], d0[unsafe_k]
+                if len(a) and len(b):
+                    y = torch.cat([torch.zeros(len(a), dtype=torch.bool, device=a.device),
+                                   torch.ones(len(b), dtype=torch.bool, device=b.device)])
+                    ranks.append(safety_rank_loss(torch.cat([a, b]), y,
+                                                  float(cfg_l.get("safety_rank_temperature", 0.05))))
             if ranks:
                 rank = torch.stack(ranks).mean()
                 logs["safety_rank"] = float(rank.detach())
