@@ -32,7 +32,8 @@ def _cfg(tmp, clip, out, **over):
 
 def test_train_loss_falls_resume_exact_and_export(tmp_path, clip_folder):
     # uninterrupted reference run
-    rank = {"loss.safety_rank": 1.0}  # the optional extension term rides along (logged, resumed exactly)
+    # the optional extension term and tolerant epoch selection ride along (logged, resumed exactly)
+    rank = {"loss.safety_rank": 1.0, "select_tolerance": 1.0}
     ref = run_training(_cfg(tmp_path, clip_folder, tmp_path / "a", **rank))
     assert ref["global_step"] == 2 * -(-ref["data"]["train_unsafe_texts"] // 6)  # epochs × steps per epoch
     log = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
@@ -58,6 +59,7 @@ def test_train_loss_falls_resume_exact_and_export(tmp_path, clip_folder):
     assert m.categorize(m.encode_text(["a knife"])).shape == (1, 7)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert "auroc_text" in metrics["val"] and "median_dist" in metrics["test"]
+    assert ref["best_epoch"] == 2  # a tolerance wider than any score gap selects the last epoch
 
 
 def test_config_errors(tmp_path):
@@ -75,6 +77,10 @@ def test_config_errors(tmp_path):
         with pytest.raises(InputError, match="loss.safety_rank"):
             load_config(None, bad_rank)
     assert load_config(None, ["loss.safety_rank=2"])["loss"]["safety_rank"] == 2
+    for bad_tol in (["select_tolerance=-0.1"], ["select_tolerance=some"], ["select_tolerance=true"]):
+        with pytest.raises(InputError, match="select_tolerance"):
+            load_config(None, bad_tol)
+    assert load_config(None, ["select_tolerance=0.005"])["select_tolerance"] == 0.005
 
 
 def test_safeclip_objective_runs_and_saves(tmp_path, clip_folder):
@@ -358,3 +364,37 @@ def test_parity_config_has_the_official_settings_and_the_modern_one_says_what_di
     assert "MODERN" in modern and "hysac-clip-vit-l-14-parity.yaml" in modern
     with pytest.raises(InputError, match="optim.schedule"):
         load_config(None, ["optim.schedule=linear"])
+
+
+def test_cached_base_features_record_what_computed_them():
+    """Features cached by the trainer name the engine that made them (ONNX Runtime and the torch tower differ in
+    the last bits), so a run with engines never reads another run's torch-made features, or the reverse."""
+    from hysac.backbones.mini import MiniBackbone
+    from hysac.train.trainer import _engine_tag
+
+    bb = MiniBackbone(embed_dim=32).eval()
+    assert _engine_tag(bb, "text") == _engine_tag(bb, "image") == "torch"
+    bb.set_inference_engines(text=lambda ids, mask: bb.text_base_features(ids, mask))
+    assert _engine_tag(bb, "text") != "torch" and _engine_tag(bb, "image") == "torch"
+
+
+def test_select_epoch_takes_the_latest_epoch_within_the_tolerance_of_the_best():
+    """Two runs of the shipped recipe that differed in the sixth digit at step 202 scored (selection metric per
+    epoch) as below: strict selection exports epoch 3 from one and epoch 6 from the other; with a tolerance of
+    0.005 both export epoch 6. An epoch that falls below best - tolerance is not selected and counts as bad."""
+    from hysac.train.trainer import select_epoch
+
+    def run(scores, tol):
+        best, chosen = None, -1
+        for ep, s in enumerate(scores):
+            selected, best = select_epoch(best, s, tol)
+            chosen = ep if selected else chosen
+        return chosen, best
+
+    shipped = [1.0167, 1.0522, 1.0688, 1.0652, 1.0675, 1.0673]
+    rerun = [1.0167, 1.0522, 1.0659, 1.0647, 1.0672, 1.0673]
+    assert run(shipped, 0.0) == (2, 1.0688) and run(rerun, 0.0) == (5, 1.0673)
+    assert run(shipped, 0.005) == (5, 1.0688) and run(rerun, 0.005) == (5, 1.0673)
+    assert run([0.9, 0.95, 0.90, 0.949], 0.005) == (3, 0.95)  # 0.90 is out of the tolerance, 0.949 within it
+    assert select_epoch(0.95, 0.90, 0.005) == (False, 0.95)
+    assert select_epoch(0.95, 0.95, 0.0) == (False, 0.95)  # strict: a tie keeps the earlier epoch

@@ -102,6 +102,10 @@ DEFAULTS: dict[str, Any] = {
     "refresh_class_features_every": 25,
     "patience": 4,  # epochs without improvement before early stopping
     "select_metric": "auroc_text",  # or "recall_sum" (the paper's)
+    # the exported epoch is the latest one whose selection score is within this of the best so far: epochs
+    # this close are a tie, and taking the later one keeps selection from turning a last-digit floating-point
+    # difference between two runs into different weights (0: the best epoch, first on ties)
+    "select_tolerance": 0.0,
     "max_steps": None,  # stop after this many optimizer steps (interruption/testing)
     # text: "youden", "accuracy", or "register_fpr@<rate>" / "register_fpr@prompts=0.03,requests=0.06,..." (FPR
     # at most the rate in every register of the validation split)
@@ -183,6 +187,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low \
                 or (strict and v == low):
             raise InputError(f"loss.{key} must be a number {'>' if strict else '>='} {low:g}, got {v!r}")
+    tol = cfg.get("select_tolerance")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise InputError(f"select_tolerance must be a number >= 0, got {tol!r}")
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

@@ -133,8 +133,8 @@ class Featurizer:
 
     def _build_image_cache(self, cache_dir: Path | None) -> Tensor:
         bb = self.model.backbone
-        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if _tower_key(k) and "text" not in k},
-                                        sort_keys=True).encode())
+        key = hashlib.sha256(json.dumps({**{k: v for k, v in bb.config().items() if _tower_key(k) and "text" not in k},
+                                         "engine": _engine_tag(bb, "image")}, sort_keys=True).encode())
         for p in self.data.images:  # the image pool alone: runs over other texts share the file
             key.update(str(p).encode("utf-8", "surrogatepass") + b"\0")
         path = None if cache_dir is None else Path(cache_dir) / f"images-{key.hexdigest()[:20]}.safetensors"
@@ -419,8 +419,9 @@ class Trainer:
         bb = self.model.backbone
         if not bb.has_base_features:
             return None  # only frozen base features are reusable across runs
-        key = hashlib.sha256(json.dumps({k: v for k, v in bb.config().items() if _tower_key(k) and k != "text_lora"},
-                                        sort_keys=True).encode()).hexdigest()[:20]
+        # features of the frozen text tower; LoRA adapters start at zero, so they change no bit of them
+        key = hashlib.sha256(json.dumps({**{k: v for k, v in bb.config().items() if _tower_key(k) and k != "text_lora"},
+                                         "engine": _engine_tag(bb, "text")}, sort_keys=True).encode()).hexdigest()[:20]
         return Path(cache_dir) / f"text-memo-{key}.safetensors"
 
     def _load_text_memo(self, cache_dir: Path) -> dict[str, Tensor]:
@@ -994,15 +995,15 @@ class Trainer:
             metrics = self.evaluate("val")
             sel = cfg.get("select_metric", "auroc_text")
             score = selection_score(sel, metrics)
-            improved = self.state["best"] is None or score > self.state["best"]
-            if improved:
-                self.state.update(best=score, best_epoch=ep, bad_epochs=0)
+            selected, best = select_epoch(self.state["best"], score, float(cfg.get("select_tolerance") or 0.0))
+            if selected:
+                self.state.update(best=best, best_epoch=ep, bad_epochs=0)
                 self._save_best()
             else:
                 self.state["bad_epochs"] += 1
             self.state["history"].append({"epoch": ep, sel: score, "global_step": self.state["global_step"]})
             self._log_jsonl({"epoch_end": ep, "val": metrics})
-            self.log(f"epoch {ep + 1}: {sel}={score:.4f}{' (best)' if improved else ''}")
+            self.log(f"epoch {ep + 1}: {sel}={score:.4f}{' (selected)' if selected else ''}")
             self.state["epoch"] += 1
             self.state["step_in_epoch"] = 0
             if self.state["bad_epochs"] >= int(cfg.get("patience", 1e9)):
@@ -1103,9 +1104,27 @@ def _radius_detached(x_tan: Tensor) -> Tensor:
     return x / norm * norm.detach()
 
 
+def select_epoch(best: float | None, score: float, tolerance: float = 0.0) -> tuple[bool, float]:
+    """Epoch selection, one validation at a time: ``(selected, new best)`` for an epoch scoring ``score`` after
+    the best score ``best`` so far (``None`` before the first). An epoch is selected when it beats ``best``, or,
+    with ``tolerance > 0``, when it comes within ``tolerance`` of it; so at the end the selected epoch is the
+    latest whose score is within ``tolerance`` of the best of all epochs."""
+    if best is None or score > best:
+        return True, score
+    return bool(tolerance > 0 and score >= best - tolerance), best
+
+
 def _tower_key(key: str) -> bool:
     """Backbone config keys that change the frozen towers' base features (heads and image bridges do not)."""
     return "head" not in key and "conse" not in key and key not in ("seed", "image_bridge", "polar_base")
+
+
+def _engine_tag(backbone, tower: str) -> str:
+    """What computes ``tower``'s base features: an installed inference engine (ONNX Runtime, reduced precision;
+    its repr names the exported model and settings) or the torch tower. Its results differ in the last bits, so
+    cached features record which one made them."""
+    engine = backbone.inference_engines.get(tower)
+    return "torch" if engine is None else f"{type(engine).__name__}:{engine!r}"
 
 
 def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str) -> float:
