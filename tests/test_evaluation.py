@@ -472,6 +472,35 @@ def test_offline_dev_splits_match_the_trainer():
         assert not set(ds.texts.items) & set(ds.redirect_gallery.items)
 
 
+def _register_data_ready() -> bool:
+    from hysac.data import default_data_dir
+
+    return all((default_data_dir() / f).is_file() for f in ("i2p_dev.csv", "harmful_requests.csv", "tweets_hate_offensive.csv"))
+
+
+@pytest.mark.skipif(not _register_data_ready(), reason="needs ../shared/data")
+def test_offline_dev_redirection_on_the_register_corpus():
+    """redirect_corpus=registers: queries are the register corpus's val texts (every register, both classes),
+    the gallery its train texts, disjoint; the dev texts stay the classification set; a bad value is one line."""
+    from hysac.data.corpus import register_splits, source_group
+    from hysac.evaluation.datasets import offline_dev
+
+    ds = offline_dev(split="val", images=False, redirect_corpus="registers", redirect_max_per_source=200)
+    rs = register_splits({"seed": 0})
+    assert ds.redirect_queries.items == [e.text for e in rs.val]
+    assert not set(ds.redirect_queries.items) & set(ds.redirect_gallery.items)
+    assert set(ds.redirect_gallery.items) <= {e.text for e in rs.train}
+    groups = {source_group(str(src)) for src in ds.redirect_gallery.source}
+    assert {"prompts", "captions", "requests", "moderation", "tweets"} <= groups
+    for g in groups:  # both classes in every register of the gallery
+        labels = {int(lab) for lab, src in zip(ds.redirect_gallery.label, ds.redirect_gallery.source)
+                  if source_group(str(src)) == g}
+        assert labels == {0, 1} or g == "captions", (g, labels)
+    assert ds.texts.items != ds.redirect_queries.items  # classification keeps the dev split
+    with pytest.raises(InputError, match="redirect_corpus"):
+        offline_dev(split="val", images=False, redirect_corpus="everything")
+
+
 def test_visu_dataset_and_run(tmp_path, model):
     """ViSU JSON (official layout) → quadruplet retrieval with partner = same item, categories from tag."""
     from hysac.evaluation.datasets import visu

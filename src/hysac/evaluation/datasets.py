@@ -203,7 +203,8 @@ def offline_dev(name: str = "offline-dev", split: str = "test", *, data_dir: str
                 clipart_root: str | os.PathLike | None = None, clipart_max_safe: int | None = 2000,
                 images: bool = True, limit: int | None = None, probe_max_texts: int | None = None,
                 probe_max_images: int | None = 800, pairing: str = "minilm",
-                redirect_gallery: str = "auto", redirect_max_per_source: int | None = None) -> EvalDataset:
+                redirect_gallery: str = "auto", redirect_max_per_source: int | None = None,
+                redirect_corpus: str = "dev") -> EvalDataset:
     """The shared dev data's ``split`` (``test`` or ``val``) as ``hysac train`` (``data.kind: offline``) splits it.
 
     Images: :func:`hysac.train.data.offline_image_splits` — the trainer's own function — with the same options
@@ -216,7 +217,10 @@ def offline_dev(name: str = "offline-dev", split: str = "test", *, data_dir: str
     image probe sees (all unsafe ones are kept); ``probe_max_texts`` caps the probe's train texts per source (first
     N in split order). ``redirect_gallery``: ``train``, ``train+val`` or ``auto`` (train+val for the test split,
     train for val); ``redirect_max_per_source`` keeps its first N texts per source (train before val), so with the
-    same cap as ``probe_max_texts`` the gallery reuses the probe's encoded texts.
+    same cap as ``probe_max_texts`` the gallery reuses the probe's encoded texts. ``redirect_corpus``: ``dev`` (the
+    texts above: I2P prompts vs COCO captions and art prompts) or ``registers`` (the register corpus that
+    ``data.corpus`` trains on, :func:`hysac.data.corpus.register_splits`, same seed and fractions: both classes in
+    every register, so a safe top-1 is not won by register alone); queries are its ``split`` texts.
     """
     from ..data import categories_to_multihot, text_safety_splits
 
@@ -238,23 +242,36 @@ def offline_dev(name: str = "offline-dev", split: str = "test", *, data_dir: str
         probe_train = _cap_per_source(train, probe_max_texts)
     ds.train_texts = probe_train
     gal_kind = redirect_gallery if redirect_gallery != "auto" else ("train+val" if split == "test" else "train")
+    if redirect_corpus == "dev":
+        r_query, r_train, r_val = ev, train, val
+    elif redirect_corpus == "registers":
+        from ..data.corpus import register_splits
+
+        rs = register_splits({"data_dir": None if data_dir is None else str(data_dir), "seed": seed,
+                              "val_fraction": val_fraction, "test_fraction": test_fraction})
+        r_query = _cap_per_source(_from_examples(rs.test if split == "test" else rs.val), limit)
+        r_train, r_val = _from_examples(rs.train), _from_examples(rs.val)
+    else:
+        raise InputError(f"redirect_corpus must be dev or registers, got {redirect_corpus!r}")
     if gal_kind == "train":
-        gallery = train
+        gallery = r_train
     elif gal_kind == "train+val":
         if split == "val":
             raise InputError("redirect_gallery train+val would contain the val queries themselves")
-        gallery = Labelled(train.items + val.items, np.r_[train.label, val.label],
-                           np.r_[train.multihot, val.multihot], np.r_[train.hard, val.hard],
-                           np.r_[train.source, val.source])
+        gallery = Labelled(r_train.items + r_val.items, np.r_[r_train.label, r_val.label],
+                           np.r_[r_train.multihot, r_val.multihot], np.r_[r_train.hard, r_val.hard],
+                           np.r_[r_train.source, r_val.source])
     else:
         raise InputError(f"redirect_gallery must be auto, train or train+val, got {redirect_gallery!r}")
     if redirect_max_per_source is None and limit is not None:
         redirect_max_per_source = 5 * int(limit)
     if redirect_max_per_source is not None:
         gallery = _cap_per_source(gallery, int(redirect_max_per_source))
-    ds.redirect_queries = ev
+    ds.redirect_queries = r_query
     ds.redirect_gallery = gallery
-    notes.append(f"redirection: queries = the {split} texts; gallery = the {gal_kind} texts"
+    notes.append(f"redirection: queries = the {split} texts"
+                 + (" of the register corpus (every register, both classes)" if redirect_corpus == "registers"
+                    else "") + f"; gallery = the {gal_kind} texts"
                  + (f" (first {redirect_max_per_source} per source)" if redirect_max_per_source else "")
                  + f", {len(gallery)} items, disjoint from the queries")
     if images:
