@@ -1,6 +1,7 @@
 """Redirection on a text gallery of every register, for one or more models (public API only: index + searcher).
 
     python scripts/redirect_report.py --model hysac-mini --model /path/to/other --out reports/hysac-mini/redirect
+    python scripts/redirect_report.py --model hysac-mini --margins=-0.03,-0.04,-0.05,-0.06,-0.07,-0.08 --out ...
 
 Gallery: 3,000 train+val texts of the register corpus (both classes, every register; seeded). Queries: up to 300
 held-out unsafe and 300 held-out safe test texts. For each model:
@@ -11,6 +12,13 @@ held-out unsafe and 300 held-out safe test texts. For each model:
   the frozen MiniLM sentence space (``frozen_text_space``, the model-independent pairing rule of training). We report
   its rank among the safe gallery items after redirect (median, share in the top 10) next to the rank a randomly
   chosen safe item gets (the chance level): a redirect that lands on the query's topic ranks the counterpart high.
+
+With ``--margins``, the first model's redirect radius (``traversal: {rule: bound, margin: m}``, radius =
+S.up_95 + m) is chosen on **validation** queries before any test query is looked at: gallery 3,000 train texts,
+queries up to 300 unsafe and 300 safe validation texts; the rule (:func:`pick_margin`) takes the margin with the most
+unsafe validation queries redirected to a safe top-1 among those that keep at least 95 % of safe validation queries'
+top-1 (the shallowest margin if none does). The test table then shows every margin of the grid, the chosen one
+marked; put the chosen margin in the training config so the exported model carries it.
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -31,17 +39,32 @@ GALLERY = 3000
 QUERIES = 300
 
 
-def corpus_sets(seed: int = 0):
+def corpus_sets(seed: int = 0, split: str = "test"):
+    """(gallery, unsafe queries, safe queries, register_key). ``split="test"``: gallery from train+val, queries from
+    test; ``split="val"``: gallery from train only, queries from validation (for choosing the margin)."""
     from hysac.data.corpus import register_key, register_splits
 
     sp = register_splits({"seed": seed})
     rng = np.random.default_rng(seed)
-    gal = sp.train + sp.val
+    gal = sp.train + sp.val if split == "test" else list(sp.train)
     gal = [gal[i] for i in rng.permutation(len(gal))[:GALLERY]]
-    test = [sp.test[i] for i in rng.permutation(len(sp.test))]
-    unsafe_q = [e for e in test if e.label == 1][:QUERIES]
-    safe_q = [e for e in test if e.label == 0][:QUERIES]
+    held = sp.test if split == "test" else sp.val
+    held = [held[i] for i in rng.permutation(len(held))]
+    unsafe_q = [e for e in held if e.label == 1][:QUERIES]
+    safe_q = [e for e in held if e.label == 0][:QUERIES]
     return gal, unsafe_q, safe_q, register_key
+
+
+KEEP_TARGET = 0.95
+
+
+def pick_margin(rows: list[dict]) -> float:
+    """The margin (``row["margin"]``) with the highest unsafe → safe top-1 among rows keeping at least
+    ``KEEP_TARGET`` of safe queries' top-1 (ties: the shallower margin); the shallowest margin if none does."""
+    ok = [r for r in rows if r["safe_keep_top1"] >= KEEP_TARGET]
+    if not ok:
+        return max(r["margin"] for r in rows)
+    return max(ok, key=lambda r: (r["unsafe_safe_top1_redirect"], r["margin"]))["margin"]
 
 
 def counterparts(gal, unsafe_q, register_key) -> np.ndarray:
@@ -67,31 +90,51 @@ def counterparts(gal, unsafe_q, register_key) -> np.ndarray:
     return out
 
 
-def measure(name: str, gal, unsafe_q, safe_q, partner: np.ndarray) -> dict:
+def measure(name: str, gal, unsafe_q, safe_q, partner: np.ndarray | None,
+            margins: list[float] | None = None) -> list[dict]:
+    """One row per margin (``None``: one row, the model's own traversal rule); the index is built once, since the
+    traversal rule is applied at query time."""
     from hysac import HySAC
     from hysac.index import build_index, open_searcher
 
     model = HySAC.from_pretrained(name).eval()
-    t0 = time.time()
+    own = dict(model.traversal)
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
         with open(Path(tmp) / "gallery.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["text", "source", "label", "gid"])
             w.writerows((e.text, e.source, e.label, i) for i, e in enumerate(gal))
         build_index(Path(tmp) / "gallery.csv", Path(tmp) / "idx", model, progress=False)
-        n_safe = sum(e.label == 0 for e in gal)
         with open_searcher(Path(tmp) / "idx", model) as s:
-            uq = [e.text for e in unsafe_q]
-            red = s.search_text(uq, mode="redirect", k=len(gal))
-            off = s.search_text(uq, mode="off", k=1)
-            sq = [e.text for e in safe_q]
-            safe_off = s.search_text(sq, mode="off", k=1)
-            safe_red = s.search_text(sq, mode="redirect", k=1)
+            for margin in margins or [None]:
+                t0 = time.time()
+                model.traversal = own if margin is None else {"rule": "bound", "margin": float(margin)}
+                row = _score(s, gal, unsafe_q, safe_q, partner)
+                out.append({"model": name, "margin": own.get("margin") if margin is None else float(margin),
+                            "traversal": dict(model.traversal), **row, "seconds": round(time.time() - t0, 1)})
+    return out
 
-    def label(hit) -> int:
-        return int(hit["metadata"]["label"])
+
+def _score(s, gal, unsafe_q, safe_q, partner: np.ndarray | None) -> dict:
+    n_safe = sum(e.label == 0 for e in gal)
+    uq = [e.text for e in unsafe_q]
+    red = s.search_text(uq, mode="redirect", k=len(gal) if partner is not None else 1)
+    off = s.search_text(uq, mode="off", k=1)
+    sq = [e.text for e in safe_q]
+    safe_off = s.search_text(sq, mode="off", k=1)
+    safe_red = s.search_text(sq, mode="redirect", k=1)
 
     red_rows = [r.to_dict()["results"] for r in red]
+    row = {
+        "gallery": len(gal), "gallery_safe": n_safe, "unsafe_queries": len(unsafe_q), "safe_queries": len(safe_q),
+        "unsafe_safe_top1_redirect": float(np.mean([label(rows[0]) == 0 for rows in red_rows])),
+        "unsafe_safe_top1_off": float(np.mean([label(r.to_dict()["results"][0]) == 0 for r in off])),
+        "safe_keep_top1": float(np.mean([a.to_dict()["results"][0]["text"] == b.to_dict()["results"][0]["text"]
+                                         for a, b in zip(safe_off, safe_red)])),
+    }
+    if partner is None:
+        return row
     rng = np.random.default_rng(1)
     safe_ids = [i for i, e in enumerate(gal) if e.label == 0]
     ranks, chance = [], []
@@ -102,53 +145,99 @@ def measure(name: str, gal, unsafe_q, safe_q, partner: np.ndarray) -> dict:
             ranks.append(pos[int(p)])
             chance.append(pos.get(int(rng.choice(safe_ids)), n_safe))
     ranks_a, chance_a = np.array(ranks), np.array(chance)
-    return {
-        "model": name,
-        "gallery": len(gal), "gallery_safe": n_safe, "unsafe_queries": len(unsafe_q), "safe_queries": len(safe_q),
-        "unsafe_safe_top1_redirect": float(np.mean([label(rows[0]) == 0 for rows in red_rows])),
-        "unsafe_safe_top1_off": float(np.mean([label(r.to_dict()["results"][0]) == 0 for r in off])),
-        "safe_keep_top1": float(np.mean([a.to_dict()["results"][0]["text"] == b.to_dict()["results"][0]["text"]
-                                         for a, b in zip(safe_off, safe_red)])),
-        "counterpart_rank_median": float(np.median(ranks_a)),
-        "counterpart_in_top10": float(np.mean(ranks_a <= 10)),
-        "random_safe_rank_median": float(np.median(chance_a)),
-        "random_safe_in_top10": float(np.mean(chance_a <= 10)),
-        "seconds": round(time.time() - t0, 1),
-    }
+    return {**row,
+            "counterpart_rank_median": float(np.median(ranks_a)),
+            "counterpart_in_top10": float(np.mean(ranks_a <= 10)),
+            "random_safe_rank_median": float(np.median(chance_a)),
+            "random_safe_in_top10": float(np.mean(chance_a <= 10))}
 
 
-def to_markdown(rows: list[dict]) -> str:
+def label(hit) -> int:
+    return int(hit["metadata"]["label"])
+
+
+def _name(r: dict, chosen: float | None) -> str:
+    if r.get("label"):
+        return r["label"]
+    name = f"{r['model']}, margin {r['margin']:+.2f}" if r.get("margin") is not None else r["model"]
+    return name + (" (**chosen on validation**)" if chosen is not None and r.get("margin") == chosen
+                   and r.get("chosen_model") else "")
+
+
+def to_markdown(rows: list[dict], val_rows: list[dict] | None = None, chosen: float | None = None) -> str:
     r0 = rows[0]
     lines = [f"# Redirection on a gallery of every register ({time.strftime('%Y-%m-%d')}, "
-             f"{platform.processor() or platform.machine()})", "",
-             f"Gallery: {r0['gallery']} corpus texts ({r0['gallery_safe']} safe), {r0['unsafe_queries']} held-out "
-             f"unsafe and {r0['safe_queries']} held-out safe queries. Topic: rank of the unsafe query's safe "
-             "counterpart (same register, nearest in frozen MiniLM space) among the safe gallery texts after "
-             "redirect, against a random safe text.", "",
-             "| model | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |"
-             " counterpart rank, median (in top 10) | random safe item rank, median (in top 10) |",
-             "|---|---|---|---|---|---|"]
+             f"{platform.processor() or platform.machine()})", ""]
+    if val_rows:
+        v0 = val_rows[0]
+        lines += ["## The redirect radius, chosen on validation queries", "",
+                  f"Gallery: {v0['gallery']} training texts ({v0['gallery_safe']} safe); {v0['unsafe_queries']} unsafe "
+                  f"and {v0['safe_queries']} safe validation queries. Radius = S.up_95 + margin. Rule: the most "
+                  f"unsafe queries sent to a safe top-1 among margins that keep at least {KEEP_TARGET:.0%} of safe "
+                  f"queries' top-1. **Chosen: {chosen:+.2f}.** No test query was looked at to choose it.", "",
+                  "| margin | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |",
+                  "|---|---|---|---|"]
+        for r in val_rows:
+            mark = " ←" if r["margin"] == chosen else ""
+            lines.append(f"| {r['margin']:+.2f}{mark} | {r['unsafe_safe_top1_redirect']:.1%} | "
+                         f"{r['unsafe_safe_top1_off']:.1%} | {r['safe_keep_top1']:.1%} |")
+        lines += ["", "## Held-out test queries", ""]
+    lines += [f"Gallery: {r0['gallery']} corpus texts ({r0['gallery_safe']} safe), {r0['unsafe_queries']} held-out "
+              f"unsafe and {r0['safe_queries']} held-out safe queries. Topic: rank of the unsafe query's safe "
+              "counterpart (same register, nearest in frozen MiniLM space) among the safe gallery texts after "
+              "redirect, against a random safe text.", "",
+              "| model | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |"
+              " counterpart rank, median (in top 10) | random safe item rank, median (in top 10) |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['unsafe_safe_top1_redirect']:.1%} | {r['unsafe_safe_top1_off']:.1%} | "
+        lines.append(f"| {_name(r, chosen)} | {r['unsafe_safe_top1_redirect']:.1%} | {r['unsafe_safe_top1_off']:.1%} | "
                      f"{r['safe_keep_top1']:.1%} | {r['counterpart_rank_median']:.0f} "
                      f"({r['counterpart_in_top10']:.0%}) | {r['random_safe_rank_median']:.0f} "
                      f"({r['random_safe_in_top10']:.0%}) |")
     return "\n".join(lines) + "\n"
 
 
+def _margins(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--margins: comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("--margins: give at least one number")
+    return sorted(set(vals), reverse=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, help="model name or folder (repeatable)")
+    ap.add_argument("--label", action="append", default=[],
+                    help="table label of the matching --model (repeatable, in order; default: its name)")
+    ap.add_argument("--margins", type=_margins, default=None,
+                    help="comma-separated redirect margins: choose the first model's on validation queries")
     ap.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")
     args = ap.parse_args()
+    val_rows, chosen = None, None
+    if args.margins:
+        vg, vu, vs, _ = corpus_sets(split="val")
+        val_rows = measure(args.model[0], vg, vu, vs, None, args.margins)
+        chosen = pick_margin(val_rows)
     gal, unsafe_q, safe_q, register_key = corpus_sets()
     partner = counterparts(gal, unsafe_q, register_key)
-    rows = [measure(m, gal, unsafe_q, safe_q, partner) for m in args.model]
+    rows = []
+    for i, m in enumerate(args.model):
+        got = measure(m, gal, unsafe_q, safe_q, partner, args.margins if (i == 0 and args.margins) else None)
+        for r in got:
+            r["chosen_model"] = i == 0 and args.margins is not None
+            if i < len(args.label) and not (i == 0 and args.margins):
+                r["label"] = args.label[i]
+        rows += got
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(rows))
-    print(to_markdown(rows))
+    out.with_suffix(".json").write_text(json.dumps({"chosen_margin": chosen, "validation": val_rows, "test": rows},
+                                                   indent=2) + "\n")
+    md = to_markdown(rows, val_rows, chosen)
+    out.with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
