@@ -157,11 +157,10 @@ def label(hit) -> int:
 
 
 def _name(r: dict, chosen: float | None) -> str:
-    if r.get("label"):
-        return r["label"]
-    name = f"{r['model']}, margin {r['margin']:+.2f}" if r.get("margin") is not None else r["model"]
-    return name + (" (**chosen on validation**)" if chosen is not None and r.get("margin") == chosen
-                   and r.get("chosen_model") else "")
+    name = r.get("label") or r["model"]
+    if r.get("margin") is not None:
+        name += f", margin {r['margin']:+.2f}"
+    return name + (" (**chosen on validation**)" if r.get("chosen_model") and r.get("margin") == chosen else "")
 
 
 def to_markdown(rows: list[dict], val_rows: list[dict] | None = None, chosen: float | None = None) -> str:
@@ -211,7 +210,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, help="model name or folder (repeatable)")
     ap.add_argument("--label", action="append", default=[],
-                    help="table label of the matching --model (repeatable, in order; default: its name)")
+                    help="table label of the --model at the same position (repeatable; default: its name)")
     ap.add_argument("--margins", type=_margins, default=None,
                     help="comma-separated redirect margins: choose the first model's on validation queries")
     ap.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")
@@ -228,7 +227,7 @@ def main() -> None:
         got = measure(m, gal, unsafe_q, safe_q, partner, args.margins if (i == 0 and args.margins) else None)
         for r in got:
             r["chosen_model"] = i == 0 and args.margins is not None
-            if i < len(args.label) and not (i == 0 and args.margins):
+            if i < len(args.label):
                 r["label"] = args.label[i]
         rows += got
     out = Path(args.out)
