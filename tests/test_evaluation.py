@@ -577,3 +577,24 @@ def test_evaluation_encodes_through_the_model_api_with_one_base_cache(tmp_path):
     with torch.no_grad():
         next(p for n, p in model.backbone.named_parameters() if "lora_B" in n).add_(0.1)
     assert tower_key(model.backbone) != key
+
+
+def test_redirect_report_margin_rule():
+    """scripts/redirect_report.py --margins: among margins that keep >= 95 % of safe queries' top-1, the one that
+    sends the most unsafe queries to a safe top-1 (ties: the shallower); the shallowest when none keeps 95 %."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "redirect_report", Path(__file__).resolve().parents[1] / "scripts" / "redirect_report.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+
+    def row(m, red, keep):
+        return {"margin": m, "unsafe_safe_top1_redirect": red, "safe_keep_top1": keep}
+
+    rows = [row(-0.03, 0.897, 0.990), row(-0.05, 0.920, 0.973), row(-0.06, 0.933, 0.950), row(-0.07, 0.943, 0.933)]
+    assert rr.pick_margin(rows) == -0.06
+    assert rr.pick_margin([row(-0.04, 0.93, 0.96), row(-0.05, 0.93, 0.95)]) == -0.04  # a tie: the shallower
+    assert rr.pick_margin([row(-0.04, 0.93, 0.90), row(-0.05, 0.95, 0.80)]) == -0.04  # none keeps 95 %
+    assert rr._margins("-0.05,-0.03, -0.05") == [-0.03, -0.05]
