@@ -156,6 +156,13 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+def _check_non_negative(name: str, value: Any, strict: bool = False) -> None:
+    """A finite number >= 0 (> 0 with ``strict``), else one InputError line naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (strict and value == 0):
+        raise InputError(f"{name} must be a number {'>' if strict else '>='} 0, got {value!r}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
     """Defaults ← YAML file ← overrides. The result is a plain dict (also written beside the run)."""
     data: dict = {}
@@ -182,14 +189,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise InputError(f"data.balance must be groups or null, got {cfg['data'].get('balance')!r}")
     if not isinstance(cfg["loss"].get("gather_negatives", True), bool):
         raise InputError("loss.gather_negatives must be true or false")
-    for key, low, strict in (("safety_rank", 0.0, False), ("safety_rank_temperature", 0.0, True)):
-        v = cfg["loss"].get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low \
-                or (strict and v == low):
-            raise InputError(f"loss.{key} must be a number {'>' if strict else '>='} {low:g}, got {v!r}")
-    tol = cfg.get("select_tolerance")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
-        raise InputError(f"select_tolerance must be a number >= 0, got {tol!r}")
+    for name, value, strict in (("loss.safety_rank", cfg["loss"].get("safety_rank"), False),
+                                ("loss.safety_rank_temperature", cfg["loss"].get("safety_rank_temperature"), True),
+                                ("select_tolerance", cfg.get("select_tolerance"), False)):
+        _check_non_negative(name, value, strict)
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

@@ -133,8 +133,7 @@ class Featurizer:
 
     def _build_image_cache(self, cache_dir: Path | None) -> Tensor:
         bb = self.model.backbone
-        key = hashlib.sha256(json.dumps({**{k: v for k, v in bb.config().items() if _tower_key(k) and "text" not in k},
-                                         "engine": _engine_tag(bb, "image")}, sort_keys=True).encode())
+        key = _base_feature_key(bb, "image")
         for p in self.data.images:  # the image pool alone: runs over other texts share the file
             key.update(str(p).encode("utf-8", "surrogatepass") + b"\0")
         path = None if cache_dir is None else Path(cache_dir) / f"images-{key.hexdigest()[:20]}.safetensors"
@@ -419,9 +418,7 @@ class Trainer:
         bb = self.model.backbone
         if not bb.has_base_features:
             return None  # only frozen base features are reusable across runs
-        # features of the frozen text tower; LoRA adapters start at zero, so they change no bit of them
-        key = hashlib.sha256(json.dumps({**{k: v for k, v in bb.config().items() if _tower_key(k) and k != "text_lora"},
-                                         "engine": _engine_tag(bb, "text")}, sort_keys=True).encode()).hexdigest()[:20]
+        key = _base_feature_key(bb, "text").hexdigest()[:20]
         return Path(cache_dir) / f"text-memo-{key}.safetensors"
 
     def _load_text_memo(self, cache_dir: Path) -> dict[str, Tensor]:
@@ -1117,6 +1114,16 @@ def select_epoch(best: float | None, score: float, tolerance: float = 0.0) -> tu
 def _tower_key(key: str) -> bool:
     """Backbone config keys that change the frozen towers' base features (heads and image bridges do not)."""
     return "head" not in key and "conse" not in key and key not in ("seed", "image_bridge", "polar_base")
+
+
+def _base_feature_key(backbone, tower: str):
+    """sha256 (updatable) over what decides ``tower``'s cached base features: the backbone config keys of that
+    frozen tower (text: every tower key but ``text_lora``, whose adapters start at zero and change no bit of them;
+    image: the keys without "text") and what computes them (:func:`_engine_tag`)."""
+    keep = (lambda k: k != "text_lora") if tower == "text" else (lambda k: "text" not in k)
+    spec = {k: v for k, v in backbone.config().items() if _tower_key(k) and keep(k)}
+    spec["engine"] = _engine_tag(backbone, tower)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
 
 
 def _engine_tag(backbone, tower: str) -> str:
