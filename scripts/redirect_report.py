@@ -14,7 +14,7 @@ held-out unsafe and 300 held-out safe test texts. For each model:
   chosen safe item gets (the chance level): a redirect that lands on the query's topic ranks the counterpart high.
 
 With ``--margins``, the first model's redirect radius (``traversal: {rule: bound, margin: m}``, radius =
-S.up_95 + m) is chosen on **validation** queries before any test query is looked at: gallery 3,000 train texts,
+S.up_95 + m; the model's ``trigger`` is kept) is chosen on **validation** queries before any test query is looked at: gallery 3,000 train texts,
 queries up to 300 unsafe and 300 safe validation texts; the rule (:func:`pick_margin`) takes the margin with the most
 unsafe validation queries redirected to a safe top-1 among those that keep at least 95 % of safe validation queries'
 top-1 (the shallowest margin if none does). The test table then shows every margin of the grid, the chosen one
@@ -109,7 +109,7 @@ def measure(name: str, gal, unsafe_q, safe_q, partner: np.ndarray | None,
         with open_searcher(Path(tmp) / "idx", model) as s:
             for margin in margins or [None]:
                 t0 = time.time()
-                model.traversal = own if margin is None else {"rule": "bound", "margin": float(margin)}
+                model.traversal = own if margin is None else {**own, "rule": "bound", "margin": float(margin)}
                 row = _score(s, gal, unsafe_q, safe_q, partner)
                 out.append({"model": name, "margin": own.get("margin") if margin is None else float(margin),
                             "traversal": dict(model.traversal), **row, "seconds": round(time.time() - t0, 1)})
@@ -160,6 +160,8 @@ def _name(r: dict, chosen: float | None) -> str:
     name = r.get("label") or r["model"]
     if r.get("margin") is not None:
         name += f", margin {r['margin']:+.2f}"
+    name += ", moves " + ("queries judged unsafe" if r.get("traversal", {}).get("trigger") == "threshold"
+                          else "every query beyond the radius")
     return name + (" (**chosen on validation**)" if r.get("chosen_model") and r.get("margin") == chosen else "")
 
 

@@ -143,3 +143,94 @@ def test_traverse_rejects_a_tau_of_the_wrong_shape():
     with pytest.raises(InputError, match=r"tau must be a scalar or \(4,\)"):
         safety.traverse(x, 1.0, torch.full((4, 1), 0.2))
     assert safety.traverse(x, 1.0, torch.full((4,), 0.2)).shape == (4, 8)
+
+
+def test_threshold_trigger_redirects_only_queries_judged_unsafe(env, tmp_path):
+    """``trigger: threshold``: a search's redirect moves a query iff its own modality's verdict is unsafe; a safe
+    query keeps its exact point and results. An explicit traversal (no query modality) still moves every query
+    beyond the radius, and the rule survives save / load."""
+    model, folder, index = env
+    m = HySAC.from_pretrained(folder)
+    low = min(m.bounds["S"].up_95, m.bounds["V"].up_95)
+    # radii (both targets) below every query's score, so that only the trigger decides who moves
+    m.traversal = {"rule": "bound", "margin": -low + 1e-3, "trigger": "threshold"}
+    pol = m.policy
+    x = m.encode_text(QUERIES)
+    v = pol.judge(x, "text")
+    assert v.unsafe.any() and (~v.unsafe).any()  # both verdicts among the queries
+    assert bool((v.scores > pol.radius("redirect", "text")).all())
+
+    mv = pol.move(x, "redirect", "text", query="text")
+    assert torch.equal(mv.moved, v.unsafe) and torch.equal(mv.judged_safe, ~v.unsafe)
+    assert torch.equal(mv.points[~v.unsafe], x[~v.unsafe])
+    assert torch.allclose(m.score(mv.points[v.unsafe]), torch.full((int(v.unsafe.sum()),), mv.radius), atol=1e-4)
+    i_safe = int(torch.nonzero(~v.unsafe)[0])
+    assert mv.describe(i_safe) == "not moved (judged safe: searched as is)"
+    assert mv.describe(int(torch.nonzero(v.unsafe)[0])) == f"pulled in to radius {mv.radius:.3f}"
+    # per-query modalities: the same points judged as images use the image threshold
+    theta_img = pol.threshold("image")
+    mixed = pol.move(x, "redirect", "text", query=["image"] * len(QUERIES))
+    assert torch.equal(mixed.moved, v.scores > theta_img)
+    # explicit traversal of points: no query modality, every point beyond the radius moves
+    assert bool(pol.move(x, "redirect", "text").moved.all())
+    assert torch.equal(m.traverse_to_safe_text(x), pol.move(x, "redirect", "text").points)
+
+    with IndexSearcher(index, m) as s:
+        q = s.prepare_queries(x, "redirect", "text", "text")
+        assert torch.allclose(torch.from_numpy(q).float(), mv.points.float(), atol=1e-6)
+        safe_q = [QUERIES[i] for i in torch.nonzero(~v.unsafe).flatten().tolist()]
+        red = [r.to_dict()["results"] for r in s.search_text(safe_q, mode="redirect", k=3)]
+        off = [r.to_dict()["results"] for r in s.search_text(safe_q, mode="off", k=3)]
+        assert [[h["id"] for h in r] for r in red] == [[h["id"] for h in r] for r in off]
+    with TestClient(create_app(m, index), base_url="http://127.0.0.1") as client:
+        got = client.post("/search", json={"text": QUERIES[i_safe], "mode": "redirect", "k": 3}).json()
+        assert got["moves"]["text"]["moved"] is False
+        assert got["moves"]["text"]["status"] == "not moved (judged safe: searched as is)"
+
+    assert torch.equal(m.traverse_to_safe_text(x, query="text"), mv.points)
+    from hysac.evaluation.encoders import HyperbolicSpace
+
+    assert torch.equal(HyperbolicSpace(m, name="tiny").redirect(x, "text", "text"), mv.points)
+    with TestClient(create_app(m, index), base_url="http://127.0.0.1") as client:
+        tr = client.post("/traverse", json={"text": QUERIES[i_safe], "target": "text", "direction": "in", "k": 0})
+        assert tr.json()["moved"] is False and tr.json()["status"] == "not moved (judged safe: searched as is)"
+
+    saved = m.save_pretrained(tmp_path / "saved")
+    again = HySAC.from_pretrained(saved)
+    assert again.traversal == m.traversal
+    res = CliRunner().invoke(cli_app, ["traverse", "--model", str(saved), "--target", "text", "--json",
+                                       *[a for q in QUERIES for a in ("--text", q)]])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["moved"] for r in rows] == v.unsafe.tolist()
+    assert [r["status"] for r in rows] == [mv.describe(i) for i in range(len(QUERIES))]
+
+
+@pytest.mark.parametrize("rule, msg", [
+    ({"rule": "bound", "trigger": "sometimes"}, "trigger must be one of radius, threshold, got 'sometimes'"),
+    ({"rule": "nearest"}, "rule must be one of official, bound, got 'nearest'"),
+    ({"rule": "bound", "margin": "deep"}, "margin must be a finite number, got 'deep'"),
+    ({"rule": "bound", "radius": 0.1}, "unknown key"),
+    ("bound", "must be a mapping"),
+])
+def test_bad_traversal_rules_get_one_line(rule, msg, env, tmp_path):
+    from hysac.policy import check_traversal
+    from hysac.train.config import load_config
+
+    with pytest.raises(InputError, match=msg):
+        check_traversal(rule)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"model": {"traversal": rule}}))
+    with pytest.raises(InputError, match=r"model\.traversal.*" + msg):
+        load_config(cfg)
+    # a saved model whose config.json carries the rule: the error names the file
+    _, folder, _ = env
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(folder, bad)
+    conf = json.loads((bad / "config.json").read_text())
+    conf["traversal"] = rule
+    (bad / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(InputError, match=r"config\.json: traversal.*" + msg):
+        HySAC.from_pretrained(bad)

@@ -342,7 +342,8 @@ def traverse(
     image: List[Path] = typer.Option([], "--image", "-i", help="Image query file or folder (repeatable)."),
     target: str = typer.Option("image", help="Safe region to move toward: 'image' (class V) or 'text' (class S)."),
     tau: Optional[float] = typer.Option(None, help="Target radius (default: the model's redirect radius for the "
-                                                    "target, as search --mode redirect uses it)."),
+                                                    "target, as search --mode redirect uses it; which queries move "
+                                                    "is the model's rule either way)."),
     mode: str = typer.Option("geodesic", help="'geodesic' (exact distance tau) or 'paper' (official output)."),
     model: Optional[str] = ModelOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object per query."),
@@ -370,7 +371,8 @@ def traverse(
     from .policy import Mode
 
     # what `search --mode redirect` does before searching a `target` gallery (hysac.policy)
-    mv = m.policy.move(x, Mode.REDIRECT, target, tau=tau, how=mode)  # type: ignore[arg-type]
+    mods = ["text"] * len(text) + ["image"] * len(images)
+    mv = m.policy.move(x, Mode.REDIRECT, target, query=mods, tau=tau, how=mode)  # type: ignore[arg-type]
     before, after = m.score(x), m.score(mv.points)
     for i, (inp, b, a) in enumerate(zip(inputs, before.tolist(), after.tolist())):
         row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),

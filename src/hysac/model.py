@@ -30,6 +30,7 @@ from .checkpoint import (CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, RELEASED_BOUN
                          load_released_state_dict, lora_config_from_released, read_config)
 from .errors import CheckpointError, InputError
 from .images import ImageLike
+from .policy import check_traversal
 from .runtime import EncodeRuntime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,8 +89,10 @@ class HySAC(nn.Module):
         hidden = 0 if category_head is True else int(category_head or 0)
         self.category_head = CategoryHead(self.embed_dim, hidden=hidden) if category_head is not False else None
         self.bounds = bounds
-        #: how redirect/seek-unsafe radii are chosen: {"rule": "official"|"bound", "alpha": 0.8}
-        self.traversal = dict(traversal or {"rule": "official", "alpha": 0.8})
+        #: how redirect/seek-unsafe radii are chosen and which queries redirect moves:
+        #: {"rule": "official"|"bound", "alpha": 0.8, "margin": m, "trigger": "radius"|"threshold"}
+        #: (:func:`hysac.policy.check_traversal`)
+        self.traversal = check_traversal(traversal or {"rule": "official", "alpha": 0.8})
         self.name = name
         #: training objective that produced the weights ("hysac" or the Euclidean "safeclip")
         self.objective = "hysac"
@@ -209,27 +212,32 @@ class HySAC(nn.Module):
         return self.policy.seek_unsafe_radius(target)
 
     def _traverse_to(self, x_hyp: Tensor, target: Modality, tau: float | None, alpha: float | None,
-                     mode: str) -> Tensor:
+                     mode: str, query: "Modality | Sequence[str] | None") -> Tensor:
         from .policy import Mode
 
         if tau is None and alpha is not None:  # the official formula with this alpha instead of the model's rule
             tau = self.policy.redirect_radius(target, {"rule": "official", "alpha": float(alpha)})
-        return self.policy.move(x_hyp, Mode.REDIRECT, target, tau=tau, how=mode).points  # type: ignore[arg-type]
+        return self.policy.move(x_hyp, Mode.REDIRECT, target, query=query, tau=tau,
+                                how=mode).points  # type: ignore[arg-type]
 
     def traverse_to_safe_image(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float | None = None,
-                               mode: Literal["geodesic", "paper"] = "geodesic") -> Tensor:
+                               mode: Literal["geodesic", "paper"] = "geodesic",
+                               query: "Modality | Sequence[str] | None" = None) -> Tensor:
         """Pull queries toward the safe-image region (class V) before searching images. (B,D) or (D,).
 
         Default radius: the model's traversal rule, as ``search --mode redirect`` uses it
         (:meth:`SafetyPolicy.redirect_radius`); ``alpha`` → the official ``τ = b + tanh((b − α)/c) + 1`` with
-        ``b = bounds['V'].up_95``; ``tau`` → that radius. Queries already inside stay put."""
-        return self._traverse_to(x_hyp, "image", tau, alpha, mode)
+        ``b = bounds['V'].up_95``; ``tau`` → that radius. Queries already inside stay put. ``query`` (the points'
+        modality, one or one per point) applies the model's trigger as a search does (``trigger: threshold``:
+        points judged safe stay put); without it every point beyond the radius moves."""
+        return self._traverse_to(x_hyp, "image", tau, alpha, mode, query)
 
     def traverse_to_safe_text(self, x_hyp: Tensor, *, tau: float | None = None, alpha: float | None = None,
-                              mode: Literal["geodesic", "paper"] = "geodesic") -> Tensor:
-        """Pull queries toward the safe-text region (class S) before searching texts. (B,D) or (D,); radius as
-        :meth:`traverse_to_safe_image`."""
-        return self._traverse_to(x_hyp, "text", tau, alpha, mode)
+                              mode: Literal["geodesic", "paper"] = "geodesic",
+                              query: "Modality | Sequence[str] | None" = None) -> Tensor:
+        """Pull queries toward the safe-text region (class S) before searching texts. (B,D) or (D,); radius and
+        ``query`` as :meth:`traverse_to_safe_image`."""
+        return self._traverse_to(x_hyp, "text", tau, alpha, mode, query)
 
     def entails(self, parent_hyp: Tensor, child_hyp: Tensor, aperture_scale: float = 1.0) -> Tensor:
         """Is each child inside its parent's entailment cone? (B,D),(B,D) → (B,) bool."""
@@ -324,6 +332,10 @@ class HySAC(nn.Module):
         bcfg = dict(cfg["backbone"])
         if root is not None:
             bcfg["_root"] = str(root)
+        traversal = cfg.get("traversal")
+        if traversal is not None:
+            where = f"{root / CONFIG_NAME}: traversal" if root is not None else "config traversal"
+            traversal = check_traversal(traversal, where)
         backbone = build_backbone(bcfg, inference=inference)
         head = cfg.get("category_head")
         model = cls(
@@ -335,7 +347,7 @@ class HySAC(nn.Module):
             logit_scale_max=cfg.get("logit_scale_max", 100.0),
             category_head=False if head is None else (int(head.get("hidden", 0)) or True),
             bounds=None if cfg.get("bounds") is None else S.Bounds.from_dict(cfg["bounds"]),
-            traversal=cfg.get("traversal"),
+            traversal=traversal,
             name=cfg.get("name"),
         )
         model.objective = cfg.get("objective", "hysac")

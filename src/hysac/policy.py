@@ -12,16 +12,22 @@ else for these decisions:
 * **radii** — redirect: the model's traversal rule on the target's safe class (``rule: official`` →
   ``τ = b + tanh((b − α)/c) + 1``, ``rule: bound`` → ``b + margin``, with ``b`` the class's 95th percentile);
   seek-unsafe: the mean distance of the target's unsafe class. Queries already on the right side of the radius do
-  not move (:class:`Moved` says which did).
+  not move (:class:`Moved` says which did);
+* **trigger** — which queries ``redirect`` moves: ``trigger: radius`` (the default) moves every query beyond the
+  radius; ``trigger: threshold`` moves only queries judged unsafe by their *own* modality's threshold, so a safe
+  query is searched as it is and keeps its results. The trigger applies wherever the query's modality is known
+  (search, ``hysac traverse``, ``/traverse``, evaluation); ``model.traverse_to_safe_*`` apply it when given
+  ``query=``, and without it move every point beyond the radius.
 
 The geometry itself (:func:`hysac.safety.traverse`) stays in :mod:`hysac.safety`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -86,6 +92,29 @@ def over_threshold(scores: Any, threshold: Any) -> Any:
     return scores > threshold
 
 
+RULES: tuple[str, ...] = ("official", "bound")
+TRIGGERS: tuple[str, ...] = ("radius", "threshold")
+
+
+def check_traversal(rule: Any, what: str = "traversal rule") -> dict[str, Any]:
+    """A copy of a traversal rule ``{"rule": "official"|"bound", "alpha": a, "margin": m, "trigger": t}`` after
+    checking it (keys optional; ``trigger`` ``"radius"`` or ``"threshold"``), else one :class:`InputError` line."""
+    if not isinstance(rule, dict):
+        raise InputError(f"{what} must be a mapping like {{rule: bound, margin: 0.0}}, got {rule!r}")
+    unknown = sorted(set(rule) - {"rule", "alpha", "margin", "trigger"})
+    if unknown:
+        raise InputError(f"{what}: unknown key(s) {', '.join(map(str, unknown))}; known: rule, alpha, margin, trigger")
+    if rule.get("rule", "official") not in RULES:
+        raise InputError(f"{what}: rule must be one of {', '.join(RULES)}, got {rule.get('rule')!r}")
+    if rule.get("trigger", "radius") not in TRIGGERS:
+        raise InputError(f"{what}: trigger must be one of {', '.join(TRIGGERS)}, got {rule.get('trigger')!r}")
+    for key in ("alpha", "margin"):
+        v = rule.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{what}: {key} must be a finite number, got {v!r}")
+    return dict(rule)
+
+
 def check_modality(value: Any, what: str = "modality") -> str:
     """``value`` if it is ``"text"`` or ``"image"``, else :class:`InputError` naming ``what``."""
     if value not in MODALITIES:
@@ -102,6 +131,9 @@ class Moved:
     moved: Tensor
     radius: float | None
     direction: Literal["in", "out"] | None
+    #: (B,) bool: queries beyond the radius that the ``threshold`` trigger left in place (judged safe); None when
+    #: no trigger applied
+    judged_safe: Tensor | None = None
 
     def describe(self, i: int = 0) -> str:
         """What happened to query ``i``, in words (the web page's status line uses the same text)."""
@@ -111,6 +143,8 @@ class Moved:
         verb = "pulled in" if self.direction == "in" else "pushed out"
         if bool(self.moved[i]):
             return f"{verb} to radius {self.radius:.3f}"
+        if self.judged_safe is not None and bool(self.judged_safe.reshape(-1)[i]):
+            return "not moved (judged safe: searched as is)"
         return f"not moved (already {side} radius {self.radius:.3f})"
 
 
@@ -195,11 +229,22 @@ class SafetyPolicy:
             return self.seek_unsafe_radius(target)
         return None
 
-    def move(self, x_hyp: Tensor, mode: "Mode | str", target: str, *, tau: float | None = None,
-             how: Literal["geodesic", "paper"] = "geodesic") -> Moved:
+    def trigger_thresholds(self, query: "str | Sequence[str]", n: int) -> Tensor:
+        """(n,) fp64 unsafe thresholds of the queries' own modalities (``query``: one modality or one per query)."""
+        qs = [query] * n if isinstance(query, str) else list(query)
+        if len(qs) != n:
+            raise InputError(f"query modalities: expected 1 or {n}, got {len(qs)}")
+        theta = {m: self.threshold(m) for m in set(qs)}
+        return torch.tensor([theta[m] for m in qs], dtype=torch.float64)
+
+    def move(self, x_hyp: Tensor, mode: "Mode | str", target: str, *, query: "str | Sequence[str] | None" = None,
+             tau: float | None = None, how: Literal["geodesic", "paper"] = "geodesic") -> Moved:
         """(B,D) or (D,) query points → :class:`Moved`: where ``mode`` puts them before searching ``target``.
 
-        ``tau`` replaces the mode's radius; ``how="paper"`` gives the official output form (space norm τ)."""
+        ``query`` is the queries' modality (one, or one per query): with the model's ``trigger: threshold`` rule,
+        ``redirect`` then moves only queries whose score exceeds that modality's unsafe threshold. Without it (an
+        explicit traversal of points) every query beyond the radius moves. ``tau`` replaces the mode's radius;
+        ``how="paper"`` gives the official output form (space norm τ)."""
         mode = Mode.parse(mode)
         check_modality(target, "target")
         if mode.direction is None:
@@ -211,7 +256,18 @@ class SafetyPolicy:
         y = S.traverse(x_hyp, c, radius, direction=mode.direction, mode=how)
         before = S.safety_score(x_hyp, c)
         moved = before > radius if mode.direction == "in" else before < radius
-        return Moved(points=y, moved=moved.cpu(), radius=float(radius), direction=mode.direction)
+        judged_safe = None
+        if mode.direction == "in" and query is not None and self.model.traversal.get("trigger") == "threshold":
+            for q in [query] if isinstance(query, str) else query:
+                check_modality(q, "query modality")
+            n = 1 if x_hyp.dim() == 1 else x_hyp.shape[0]
+            theta = self.trigger_thresholds(query, n).reshape(before.shape)
+            judged_safe = moved & ~over_threshold(before.double(), theta)
+            moved = moved & ~judged_safe
+            y = torch.where(moved.unsqueeze(-1), y, x_hyp.to(y.dtype))
+            judged_safe = judged_safe.cpu()
+        return Moved(points=y, moved=moved.cpu(), radius=float(radius), direction=mode.direction,
+                     judged_safe=judged_safe)
 
     def paper_move(self, x_hyp: Tensor, target: str, *, seek: bool = False) -> Moved:
         """The official evaluation code's traversal for Tables 1 and 2 (``recalls.py``), kept apart from the

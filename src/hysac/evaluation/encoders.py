@@ -118,7 +118,7 @@ class Space:
     def threshold(self, modality: Modality) -> float | None:
         return None
 
-    def redirect(self, x: Tensor, target: Modality) -> Tensor:
+    def redirect(self, x: Tensor, target: Modality, query: Modality | None = None) -> Tensor:
         raise InputError(f"{self.name} has no safety traversal")
 
     def seek_unsafe(self, x: Tensor, target: Modality) -> Tensor:
@@ -238,9 +238,10 @@ class HyperbolicSpace(Space):
     def seek_unsafe_tau(self, target: Modality) -> float:
         return float(self.model.policy.seek_unsafe_radius(target))
 
-    def redirect(self, x: Tensor, target: Modality) -> Tensor:
-        """What ``search --mode redirect`` searches a ``target`` gallery with (:meth:`SafetyPolicy.move`)."""
-        return self.model.policy.move(x, "redirect", target).points
+    def redirect(self, x: Tensor, target: Modality, query: Modality | None = None) -> Tensor:
+        """What ``search --mode redirect`` searches a ``target`` gallery with, for queries of modality ``query``
+        (:meth:`SafetyPolicy.move`; ``None``: every query beyond the radius moves)."""
+        return self.model.policy.move(x, "redirect", target, query=query).points
 
     def seek_unsafe(self, x: Tensor, target: Modality) -> Tensor:
         """What ``search --mode seek-unsafe`` searches a ``target`` gallery with."""

@@ -206,8 +206,10 @@ def _redirection_section(name: str, red: dict, lines: list[str]) -> None:
                      f"{_f(s['safe@1_plain'])} → {_f(s['safe@1_traversal'])}"])
     lines += _table(["Model", "unsafe q", "safe@1 plain", "safe@1 redirect", "moved %", "hard: plain → redirect",
                      "safe q", "top-1 unchanged %", "moved %", "safe q safe@1 plain → redirect"], rows)
-    lines.append("safe@1 = % of queries whose nearest gallery text is safe (ties count as unsafe); redirect = the "
-                 "query pulled in to the model's safe-text radius τ before searching.\n")
+    lines.append("safe@1 = % of queries whose nearest gallery text is safe (ties count as unsafe); redirect = what "
+                 "`search --mode redirect` searches with: the query pulled in to the model's safe-text radius τ "
+                 "(with the model's `trigger: threshold` rule, only a query judged unsafe); moved % = queries "
+                 "actually moved.\n")
 
 
 def _traversal_examples(name: str, tex: dict, lines: list[str]) -> None:
@@ -296,8 +298,10 @@ def write_markdown(res: dict, path: Path) -> Path:
     lines.append("## Retrieval (paper Tables 1, 2, 8)\n")
     lines.append("Plain rows rank the gallery by the model's similarity (Lorentz inner product = −distance order for "
                  "HySAC, cosine for Euclidean models). `+ redirect` pulls each query in to the safe radius of the "
-                 "target modality (model.redirect_tau); `+ seek-unsafe` pushes it out to the unsafe class's mean "
-                 "radius (model.seek_unsafe_tau). Queries already on the right side do not move.\n")
+                 "target modality (model.redirect_tau), as `search --mode redirect` does (with the model's "
+                 "`trigger: threshold` rule only queries judged unsafe move); `+ seek-unsafe` pushes it out to the "
+                 "unsafe class's mean radius (model.seek_unsafe_tau). Queries already on the right side do not "
+                 "move.\n")
     for dname, r in results.items():
         if r.get("retrieval"):
             _retrieval_section(dname, r["retrieval"], lines)

@@ -19,7 +19,8 @@ column         queries                      gallery                             
 
 Each column is computed *plain* and, for a hyperbolic model with bounds, *with traversal* of the queries:
 Table 1 columns **redirect** (pull in to ``model.redirect_tau(target modality)``), Table 2 columns **seek unsafe**
-(push out to ``model.seek_unsafe_tau(target modality)``), both as ``search`` does them (:mod:`hysac.policy`); and
+(push out to ``model.seek_unsafe_tau(target modality)``), both as ``search`` does them (:mod:`hysac.policy`, the
+query modality's verdict included where the model's rule has ``trigger: threshold``); and
 *paper*: the official evaluation code's rule (:meth:`SafetyPolicy.paper_move`: official τ, output ``τ·x/‖x‖``;
 in Table 2 unsafe texts are pushed out to τ(G.up_95) and unsafe images pulled *in* to τ(U.up_95)). Mixed-gallery columns also report ``safe@1``, the
 percentage of queries whose top-1 item is safe (the paper's "safety score"; ties count as unsafe). Per-category R@1
@@ -230,8 +231,8 @@ def retrieval_protocol(space: Space, pe: PairedEmbeddings, ks: Sequence[int] = M
         for col in tdict:
             record(col, vname, new_r[col], new_top, gallery, safe, moved)
 
-    redirect_img = lambda x: space.redirect(x, "image")  # noqa: E731
-    redirect_txt = lambda x: space.redirect(x, "text")  # noqa: E731
+    redirect_img = lambda x: space.redirect(x, "image", "text")  # noqa: E731  (text queries)
+    redirect_txt = lambda x: space.redirect(x, "text", "image")  # noqa: E731  (image queries)
     seek_img = lambda x: space.seek_unsafe(x, "image")  # noqa: E731
     seek_txt = lambda x: space.seek_unsafe(x, "text")  # noqa: E731
 
@@ -268,7 +269,8 @@ def retrieval_protocol(space: Space, pe: PairedEmbeddings, ks: Sequence[int] = M
 # redirection quality (text queries against a labelled text gallery)
 # ----------------------------------------------------------------------------------------------------------------
 def redirection_quality(space: Space, queries: Tensor, query_unsafe: np.ndarray, gallery: Tensor,
-                        gallery_safe: np.ndarray, *, target: str = "text", query_hard: np.ndarray | None = None,
+                        gallery_safe: np.ndarray, *, target: str = "text", query: str | None = "text",
+                        query_hard: np.ndarray | None = None,
                         query_keys: Sequence[str] | None = None, gallery_keys: Sequence[str] | None = None,
                         chunk: int = 1024) -> dict:
     """How traversal changes the top-1 of a labelled gallery.
@@ -277,7 +279,8 @@ def redirection_quality(space: Space, queries: Tensor, query_unsafe: np.ndarray,
     * safe queries: ``unchanged@1`` (% whose top-1 is the same item with and without redirection; ideally ~100),
       ``safe@1`` both ways, ``moved_%`` (queries the traversal actually moved).
 
-    A gallery item with the same key as the query (the query itself) is never retrieved.
+    A gallery item with the same key as the query (the query itself) is never retrieved. ``query`` is the queries'
+    modality (what the model's redirect trigger judges them by; ``None``: every query beyond the radius moves).
     """
     qu = np.asarray(query_unsafe, dtype=bool)
     gs = torch.as_tensor(np.asarray(gallery_safe, dtype=bool))
@@ -304,7 +307,7 @@ def redirection_quality(space: Space, queries: Tensor, query_unsafe: np.ndarray,
 
     plain = top1(queries)
     try:
-        moved_q = space.redirect(queries, target) if space.has_traversal else None
+        moved_q = space.redirect(queries, target, query) if space.has_traversal else None
     except InputError:
         moved_q = None
     trav = top1(moved_q) if moved_q is not None else None

@@ -342,7 +342,7 @@ class Evaluation:
         ts = np.linspace(0.0, 1.0, cfg.traversal_steps)
         rows = []
         qsel = q[picked]
-        redirected = sp.redirect(qsel, "text")
+        redirected = sp.redirect(qsel, "text", "text")
         for ii, i in enumerate(picked):
             steps = []
             pts = torch.stack([S.traverse_fraction(qsel[ii:ii + 1], sp.c, float(t))[0] for t in ts])

@@ -19,7 +19,8 @@ Safety modes (``mode=``), applied per sub-gallery (its modality is the *target* 
     sub-gallery is exhausted — the result is the exact safe top-``k`` (for the exact index).
 ``redirect``
     pull the query toward the safe region of the target modality before searching:
-    ``model.policy.move(q, "redirect", target)`` (queries already inside stay put; :mod:`hysac.policy`).
+    ``model.policy.move(q, "redirect", target, query=query_modality)`` (queries already inside stay put; with the
+    model's ``trigger: threshold`` rule, so do queries judged safe; :mod:`hysac.policy`).
 ``redirect+filter``
     both.
 ``seek-unsafe``
@@ -242,15 +243,18 @@ class IndexSearcher:
         self._faiss[modality] = prepare_for_search(index)
         return index
 
-    def prepare_queries(self, queries: Any, mode: str, target: str) -> np.ndarray:
+    def prepare_queries(self, queries: Any, mode: str, target: str,
+                        query_modality: str | Sequence[str] = "text") -> np.ndarray:
         """The query points actually searched in the ``target`` sub-gallery under ``mode`` (fp64, (B, D))."""
-        return self.move_queries(queries, mode, target).points.numpy()
+        return self.move_queries(queries, mode, target, query_modality).points.numpy()
 
-    def move_queries(self, queries: Any, mode: str, target: str) -> Moved:
-        """:meth:`SafetyPolicy.move` of the queries (fp64) for the ``target`` sub-gallery under ``mode``."""
+    def move_queries(self, queries: Any, mode: str, target: str,
+                     query_modality: str | Sequence[str] = "text") -> Moved:
+        """:meth:`SafetyPolicy.move` of the queries (fp64, of ``query_modality``: one, or one per query) for the
+        ``target`` sub-gallery under ``mode``."""
         mode_ = Mode.parse(mode)
         q = torch.from_numpy(_as_numpy_queries(queries, self.dim))
-        return self.model.policy.move(q, mode_, target)
+        return self.model.policy.move(q, mode_, target, query=query_modality)
 
     # -- core ---------------------------------------------------------------------------------------------------
     def _candidates(
@@ -347,7 +351,7 @@ class IndexSearcher:
         # per target: the searched query points and the candidates
         per_target = {}
         for t in targets:
-            qt = self.prepare_queries(q, mode, t)
+            qt = self.prepare_queries(q, mode, t, qmods)
             per_target[t] = (qt, self._candidates(t, qt, want, filt, overfetch))
         results: list[list[SearchResult]] = []
         final: list[list[tuple[int, float, bool | None]]] = []

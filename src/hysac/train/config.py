@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
+from ..policy import check_traversal
 
 DEFAULTS: dict[str, Any] = {
     "name": "hysac-mini",
@@ -193,6 +194,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                                 ("loss.safety_rank_temperature", cfg["loss"].get("safety_rank_temperature"), True),
                                 ("select_tolerance", cfg.get("select_tolerance"), False)):
         _check_non_negative(name, value, strict)
+    check_traversal(cfg["model"].get("traversal"), "model.traversal")
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

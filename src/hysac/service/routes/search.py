@@ -45,7 +45,7 @@ async def search(request: Request, st: ServiceState = Depends(get_state)):
         # what the mode did to the query for each sub-gallery searched (the page's status line)
         moves = {}
         for t in ([body.modality] if body.modality else s.modalities):
-            mv = s.move_queries(x, body.mode, t)
+            mv = s.move_queries(x, body.mode, t, modality)
             moves[t] = {"radius": mv.radius, "moved": bool(mv.moved[0]), "status": mv.describe(0),
                         "score_after": float(m.score(mv.points.float())[0])}
         return info, [result_dict(r) for r in res], moves

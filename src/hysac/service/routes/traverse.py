@@ -56,7 +56,7 @@ def _traverse_one(st: ServiceState, x: torch.Tensor, body: Any, modality: str, t
     after it, and the plot."""
     m, s = st.model, st.searcher
     info = query_info(m, x, modality, text, image)
-    mv = m.policy.move(x, Mode.for_direction(body.direction), target, tau=body.tau)
+    mv = m.policy.move(x, Mode.for_direction(body.direction), target, query=modality, tau=body.tau)
     y, tau = mv.points, float(mv.radius)
     before, after = float(m.score(x)[0]), float(m.score(y)[0])
     rb: list = []

@@ -9,7 +9,7 @@
   const MODE_HELP = {
     "off": "Plain nearest neighbours in hyperbolic space.",
     "filter": "Nearest neighbours whose safety score is under the threshold of their modality.",
-    "redirect": "The query is first pulled toward the origin (the safe region), then searched.",
+    "redirect": "The query is pulled toward the origin (the safe region) before the search; under the shipped model's rule only a query judged unsafe moves (the status line says what happened).",
     "redirect+filter": "Redirect the query, then drop the unsafe items that remain.",
     "seek-unsafe": "The query is pushed away from the origin, toward unsafe content (for auditing).",
   };
