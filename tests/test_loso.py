@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hysac.errors import InputError
-from hysac.evaluation.loso import operating_point, run_loso, to_markdown
+from hysac.evaluation.loso import operating_point, redirect_point, retrieval_sets, run_loso, to_markdown
 
 
 def test_operating_point_counts_at_the_threshold():
@@ -27,6 +27,51 @@ def test_markdown_has_one_row_per_fold_and_marks_skipped_baselines():
                       "folds": [fold]})
     row = [line for line in md.splitlines() if line.startswith("| requests")]
     assert row and "0.000 / 1.000 / 1.000" in row[0] and "n/a" in row[0]
+
+
+def test_retrieval_sets_are_disjoint_seeded_and_capped():
+    labels = np.r_[np.zeros(30, int), np.ones(12, int)]
+    gal, uq, sq = retrieval_sets(labels, seed=3, per_class=10, queries=4)
+    assert len(uq) == 4 and len(sq) == 4 and (labels[uq] == 1).all() and (labels[sq] == 0).all()
+    assert (labels[gal] == 0).sum() == 10 and (labels[gal] == 1).sum() == 8  # 12 unsafe − 4 queries
+    assert len(set(gal) | set(uq) | set(sq)) == len(gal) + 8  # disjoint
+    again = retrieval_sets(labels, seed=3, per_class=10, queries=4)
+    assert all(np.array_equal(a, b) for a, b in zip((gal, uq, sq), again))
+    # few texts of a class: at most half of them become queries, the rest stay in the gallery
+    gal, uq, sq = retrieval_sets(np.r_[np.zeros(20, int), np.ones(3, int)], queries=200)
+    assert len(uq) == 1 and len(sq) == 10 and len(gal) == 12
+    assert retrieval_sets(np.zeros(10, int)) is None
+
+
+def test_redirect_point_counts_safe_hits_and_kept_top1():
+    """Gallery: safe items at 0° and 90°, unsafe at 180° and 270°. Unsafe queries near 180° and 90°, safe ones near
+    0° and 90°; the "redirect" sends every query to 0°, so all unsafe queries hit a safe item and one of the two
+    safe queries loses its top-1."""
+    import torch
+
+    E = torch.tensor([[1, 0], [0, 1], [-1, 0], [0, -1], [-1, 0.1], [0.1, 1], [1, 0.1], [0.1, 1]])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 0])
+    sets = (np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([6, 7]))
+    sim = lambda q, g: q @ g.T  # noqa: E731
+    row = redirect_point(lambda pos: E[torch.as_tensor(pos)], sim, sets, labels,
+                         move=lambda q: torch.tensor([[1.0, 0.0]]).expand_as(q))
+    assert row == {"gallery_safe": 2, "gallery_unsafe": 2, "unsafe_queries": 2, "safe_queries": 2,
+                   "unsafe_safe_top1": 0.5, "unsafe_safe_top1_redirect": 1.0, "safe_keep_top1": 0.5}
+    plain = redirect_point(lambda pos: E[torch.as_tensor(pos)], sim, sets, labels)
+    assert "safe_keep_top1" not in plain and plain["unsafe_safe_top1"] == 0.5
+
+
+def test_markdown_retrieval_table():
+    fold = {"group": "moderation", "hysac": operating_point(np.array([0.1, 0.9]), np.array([0, 1]), 0.5),
+            "retrieval": {"hysac": {"gallery_safe": 750, "gallery_unsafe": 348, "unsafe_queries": 200,
+                                    "safe_queries": 200, "unsafe_safe_top1": 0.41,
+                                    "unsafe_safe_top1_redirect": 0.8, "safe_keep_top1": 0.975},
+                          "frozen": {"gallery_safe": 750, "gallery_unsafe": 348, "unsafe_queries": 200,
+                                     "safe_queries": 200, "unsafe_safe_top1": 0.4}}}
+    md = to_markdown({"date": "d", "machine": "m", "train_config": "c.yaml", "folds": [fold]})
+    assert "## Retrieval with redirection on the held-out group" in md
+    row = [line for line in md.splitlines() if line.startswith("| moderation | 750")]
+    assert row == ["| moderation | 750 / 348 | 200 / 200 | 40.0% | 41.0% → 80.0% (97.5%) |"]
 
 
 def test_unknown_group_refused(tmp_path):
@@ -63,6 +108,11 @@ def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
         row = fold[method]
         assert row["n_safe"] > 0 and row["n_unsafe"] > 0, method
         assert all(0.0 <= row[k] <= 1.0 for k in ("fpr", "tpr", "auroc")), (method, row)
+    assert set(fold["retrieval"]) == {"hysac", "hysac-move-all", "frozen", "safe-clip"}
+    for method, r in fold["retrieval"].items():
+        assert r["gallery_safe"] > 0 and r["gallery_unsafe"] > 0 and r["unsafe_queries"] > 0, method
+        assert 0.0 <= r["unsafe_safe_top1"] <= 1.0, (method, r)
+    assert 0.0 <= fold["retrieval"]["hysac"]["safe_keep_top1"] <= 1.0
     assert (tmp_path / "out" / "requests-safeclip" / "log.jsonl").is_file()  # its own run, beside the fold's
     saved = json.loads((tmp_path / "out" / "loso.json").read_text())
     assert saved["folds"][0]["safe-clip"] == fold["safe-clip"]

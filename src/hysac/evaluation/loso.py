@@ -16,6 +16,15 @@ FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and o
 * ``profanity-check`` — ``alt-profanity-check`` at 0.5;
 * ``hysac-mini`` — the shipped model at its own threshold (it was trained on some of these sources).
 
+**Retrieval with redirection** on the held-out group (groups with both classes): a gallery of up to
+:data:`RETRIEVAL_GALLERY_PER_CLASS` safe and as many unsafe texts of the group, and up to :data:`RETRIEVAL_QUERIES`
+unsafe and as many safe query texts of the group, disjoint from the gallery (seeded). Register cannot win a safe
+top-1 here: gallery and queries are one register. Per method, the share of unsafe queries whose nearest gallery
+text is safe; for HySAC models without and with ``redirect`` (the model's own traversal rule, as ``search`` applies
+it) and the share of safe queries that keep their top-1 under redirect; ``hysac-move-all`` is the fold's model
+moving every query beyond the radius (no trigger). ``frozen`` is the frozen MiniLM space the others start from
+(cosine), ``safe-clip`` the unlearning model's own space (cosine: unlearning is its redirect).
+
 ``hysac eval --loso configs/<train config>.yaml --out DIR`` writes ``DIR/loso.json`` and ``DIR/loso.md``.
 """
 
@@ -33,6 +42,65 @@ from .. import metrics as M
 from ..errors import InputError
 
 GROUP_ORDER = ("prompts", "captions", "requests", "moderation", "tweets")
+RETRIEVAL_GALLERY_PER_CLASS = 750
+RETRIEVAL_QUERIES = 200
+
+
+def retrieval_sets(labels: np.ndarray, seed: int = 0, per_class: int = RETRIEVAL_GALLERY_PER_CLASS,
+                   queries: int = RETRIEVAL_QUERIES) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Positions into ``labels`` (N,) → (gallery, unsafe queries, safe queries), disjoint and seeded: up to
+    ``queries`` of each class as queries, then up to ``per_class`` of each class of the rest as the gallery. None
+    when a class is missing."""
+    y = np.asarray(labels).astype(int)
+    order = np.random.default_rng(seed).permutation(len(y))
+    unsafe, safe = order[y[order] == 1], order[y[order] == 0]
+    if len(unsafe) < 2 or len(safe) < 2:
+        return None
+    nq_u, nq_s = min(queries, len(unsafe) // 2), min(queries, len(safe) // 2)
+    gallery = np.concatenate([safe[nq_s:nq_s + per_class], unsafe[nq_u:nq_u + per_class]])
+    return gallery, unsafe[:nq_u], safe[:nq_s]
+
+
+def redirect_point(embed: Callable[[np.ndarray], Any], similarity: Callable[[Any, Any], Any],
+                   sets: tuple[np.ndarray, np.ndarray, np.ndarray], labels: np.ndarray,
+                   move: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Top-1 retrieval on :func:`retrieval_sets`: ``embed(positions)`` → (N, D) tensor, ``similarity(q, g)`` →
+    (Q, G) (larger = nearer), ``move(q)`` → the redirected queries (None: the method has no redirect)."""
+    import torch
+
+    gal, uq, sq = sets
+    y = np.asarray(labels).astype(int)
+    g_lab = y[gal]
+    g = embed(gal)
+
+    def top1(q) -> np.ndarray:
+        with torch.no_grad():
+            return similarity(q, g).argmax(dim=1).cpu().numpy()
+
+    qu, qs = embed(uq), embed(sq)
+    row: dict[str, Any] = {"gallery_safe": int((g_lab == 0).sum()), "gallery_unsafe": int((g_lab == 1).sum()),
+                           "unsafe_queries": len(uq), "safe_queries": len(sq),
+                           "unsafe_safe_top1": float(np.mean(g_lab[top1(qu)] == 0))}
+    if move is not None:
+        row["unsafe_safe_top1_redirect"] = float(np.mean(g_lab[top1(move(qu))] == 0))
+        row["safe_keep_top1"] = float(np.mean(top1(move(qs)) == top1(qs)))
+    return row
+
+
+def _hyperbolic(model) -> tuple[Callable[[Any, Any], Any], Callable[[Any], Any]]:
+    """(similarity, redirect) of a HySAC model: −geodesic distance, and ``search --mode redirect``'s move of text
+    queries (:meth:`hysac.policy.SafetyPolicy.move`)."""
+    from .. import lorentz as L
+
+    c = model.curvature
+    return (lambda q, g: -L.pairwise_dist(q.double(), g.double(), c),
+            lambda q: model.policy.move(q, "redirect", "text", query="text").points)
+
+
+def _cosine(q, g):
+    import torch.nn.functional as F
+
+    return F.normalize(q.float(), dim=-1) @ F.normalize(g.float(), dim=-1).T
 
 
 def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -52,6 +120,8 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
 
 def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], None],
           reference: str = "hysac-mini") -> dict[str, Any]:
+    import torch
+
     from ..train.trainer import Trainer
 
     trainer = Trainer(cfg, log=log)
@@ -63,6 +133,19 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     texts = [trainer.data.texts[i] for i in test.text_idx]
     spec = str(cfg.get("threshold_criterion", "register_fpr@0.05")).split("@", 1)[-1]
     base = trainer.feat.text_cache  # None when the text tower trains: no frozen features to probe
+    sets = retrieval_sets(y, seed=int(cfg.get("seed", 0)))
+    pool = np.asarray(test.text_idx)
+    retrieval: dict[str, Any] = {}
+    if sets is not None:
+        trainer.model.eval()
+        sim, move = _hyperbolic(trainer.model)
+        emb = lambda pos: trainer.embed_pool("text", pool[pos])  # noqa: E731
+        retrieval["hysac"] = redirect_point(emb, sim, sets, y, move)
+        # the same radius without the trigger: every query beyond it moves, judged unsafe or not
+        retrieval["hysac-move-all"] = redirect_point(
+            emb, sim, sets, y, lambda q: trainer.model.policy.move(q, "redirect", "text").points)
+        if base is not None:
+            retrieval["frozen"] = redirect_point(lambda pos: base[torch.as_tensor(pool[pos])], _cosine, sets, y)
 
     def feats(idx) -> np.ndarray:
         return base[np.asarray(idx)].numpy()
@@ -72,7 +155,9 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     elif "euclidean-probe" in baselines:
         out["euclidean-probe"] = _probe_point(trainer, feats, spec)
     if "safe-clip" in baselines:
-        out["safe-clip"] = _safeclip_point(cfg, trainer, spec, log)
+        out["safe-clip"], sc = _safeclip_point(cfg, trainer, spec, log)
+        if sets is not None:
+            retrieval["safe-clip"] = redirect_point(lambda pos: sc.embed_pool("text", pool[pos]), _cosine, sets, y)
     if "profanity-check" in baselines:
         from .baselines import profanity_scores
 
@@ -81,14 +166,18 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
         except InputError as e:
             out["profanity-check"] = {"skipped": str(e)}
     if "hysac-mini" in baselines:
-        import torch
-
         from ..model import HySAC
 
         shipped = HySAC.from_pretrained(reference).eval()
         with torch.no_grad():
-            scores = shipped.score(shipped.encode_text(texts)).numpy()
+            emb = shipped.encode_text(texts)
+            scores = shipped.score(emb).numpy()
         out["hysac-mini"] = operating_point(scores, y, shipped.unsafe_threshold("text"))
+        if sets is not None:
+            sim, move = _hyperbolic(shipped)
+            retrieval["hysac-mini"] = redirect_point(lambda pos: emb[torch.as_tensor(pos)], sim, sets, y, move)
+    if retrieval:
+        out["retrieval"] = retrieval
     return out
 
 
@@ -109,8 +198,9 @@ def _probe_point(trainer, feats: Callable[[np.ndarray], np.ndarray], spec: str) 
     return operating_point(probe.score(feats(test.text_idx)), test.text_label, th)
 
 
-def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train the fold with the Safe-CLIP objective (in ``<out_dir>-safeclip``) and probe its text embeddings."""
+def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """Train the fold with the Safe-CLIP objective (in ``<out_dir>-safeclip``) and probe its text embeddings:
+    (operating point, its trainer)."""
     import copy
 
     from ..train.trainer import Trainer
@@ -127,7 +217,7 @@ def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -
 
     if trainer.data.texts != sc.data.texts:  # same corpus and fold: the pools must agree index for index
         raise InputError("loso: the Safe-CLIP fold built a different text pool")
-    return _probe_point(trainer, feats, spec)
+    return _probe_point(trainer, feats, spec), sc
 
 
 def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
@@ -187,7 +277,35 @@ def to_markdown(report: dict[str, Any]) -> str:
         h = f["hysac"]
         lines.append(f"| {f['group']} | {h['n_safe']} / {h['n_unsafe']} | "
                      + " | ".join(cell(f.get(m)) for m in methods) + " |")
+    folds = [f for f in report["folds"] if f.get("retrieval")]
+    if folds:
+        rmethods = [m for m in ("frozen", "hysac", "hysac-move-all", "safe-clip", "hysac-mini")
+                    if any(m in f["retrieval"] for f in folds)]
+        lines += ["", "## Retrieval with redirection on the held-out group", "",
+                  f"Gallery: up to {RETRIEVAL_GALLERY_PER_CLASS} safe and {RETRIEVAL_GALLERY_PER_CLASS} unsafe texts "
+                  f"of the held-out group; queries: up to {RETRIEVAL_QUERIES} unsafe and {RETRIEVAL_QUERIES} safe "
+                  "other texts of the group. Cells: % of unsafe queries whose top-1 is safe; for HySAC models "
+                  "plain → with `redirect` (the model's traversal rule, as `search` applies it), and in brackets "
+                  "the % of safe queries that keep their top-1 under redirect. frozen: the frozen MiniLM space "
+                  "(cosine); hysac-move-all: the fold's model with every query beyond the redirect radius moved, "
+                  "judged unsafe or not; safe-clip: the unlearning model's space (cosine).", "",
+                  "| held out | gallery safe / unsafe | queries unsafe / safe | "
+                  + " | ".join(rmethods) + " |", "|---|---|---|" + "---|" * len(rmethods)]
+
+        def rcell(r: dict | None) -> str:
+            if not r:
+                return "n/a"
+            if "unsafe_safe_top1_redirect" not in r:
+                return f"{r['unsafe_safe_top1']:.1%}"
+            return (f"{r['unsafe_safe_top1']:.1%} → {r['unsafe_safe_top1_redirect']:.1%} "
+                    f"({r['safe_keep_top1']:.1%})")
+
+        for f in folds:
+            r0 = next(iter(f["retrieval"].values()))
+            lines.append(f"| {f['group']} | {r0['gallery_safe']} / {r0['gallery_unsafe']} | "
+                         f"{r0['unsafe_queries']} / {r0['safe_queries']} | "
+                         + " | ".join(rcell(f["retrieval"].get(m)) for m in rmethods) + " |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["GROUP_ORDER", "operating_point", "run_loso", "to_markdown"]
+__all__ = ["GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
