@@ -261,7 +261,7 @@ class SafetyPolicy:
             for q in [query] if isinstance(query, str) else query:
                 check_modality(q, "query modality")
             n = 1 if x_hyp.dim() == 1 else x_hyp.shape[0]
-            theta = self.trigger_thresholds(query, n).reshape(before.shape)
+            theta = self.trigger_thresholds(query, n).reshape(before.shape).to(before.device)
             judged_safe = moved & ~over_threshold(before.double(), theta)
             moved = moved & ~judged_safe
             y = torch.where(moved.unsqueeze(-1), y, x_hyp.to(y.dtype))
