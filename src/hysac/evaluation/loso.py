@@ -87,14 +87,14 @@ def redirect_point(embed: Callable[[np.ndarray], Any], similarity: Callable[[Any
     return row
 
 
-def _hyperbolic(model) -> tuple[Callable[[Any, Any], Any], Callable[[Any], Any]]:
+def _hyperbolic(model, query: str | None = "text") -> tuple[Callable[[Any, Any], Any], Callable[[Any], Any]]:
     """(similarity, redirect) of a HySAC model: −geodesic distance, and ``search --mode redirect``'s move of text
-    queries (:meth:`hysac.policy.SafetyPolicy.move`)."""
+    queries (:meth:`hysac.policy.SafetyPolicy.move`; ``query=None``: every query beyond the radius moves)."""
     from .. import lorentz as L
 
     c = model.curvature
     return (lambda q, g: -L.pairwise_dist(q.double(), g.double(), c),
-            lambda q: model.policy.move(q, "redirect", "text", query="text").points)
+            lambda q: model.policy.move(q, "redirect", "text", query=query).points)
 
 
 def _cosine(q, g):
@@ -142,8 +142,7 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
         emb = lambda pos: trainer.embed_pool("text", pool[pos])  # noqa: E731
         retrieval["hysac"] = redirect_point(emb, sim, sets, y, move)
         # the same radius without the trigger: every query beyond it moves, judged unsafe or not
-        retrieval["hysac-move-all"] = redirect_point(
-            emb, sim, sets, y, lambda q: trainer.model.policy.move(q, "redirect", "text").points)
+        retrieval["hysac-move-all"] = redirect_point(emb, sim, sets, y, _hyperbolic(trainer.model, query=None)[1])
         if base is not None:
             retrieval["frozen"] = redirect_point(lambda pos: base[torch.as_tensor(pool[pos])], _cosine, sets, y)
 
