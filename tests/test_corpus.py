@@ -108,3 +108,68 @@ def test_leave_out_config_makes_the_group_the_test_split(monkeypatch):
     assert isinstance(splits.test[0], TextExample)
     with pytest.raises(InputError, match="leave_out"):
         C.register_splits({"leave_out": "nonsense", "style_fraction": 0.0})
+
+
+def test_contrast_pairs_share_their_words_across_classes():
+    """Every trigger verb and every named group occurs in both classes, so the word alone predicts nothing; the
+    enumeration is seeded and every unsafe text carries a category."""
+    import re
+
+    from hysac.data.categories import CATEGORIES
+    from hysac.data.contrast import GROUP_NAMES, SENSES, contrast_texts
+
+    a, b = contrast_texts(seed=3), contrast_texts(seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(contrast_texts(seed=4))
+    assert a["text"].is_unique
+    for fam in ("senses", "groups", "scenes"):
+        assert set(a.loc[a["family"] == fam, "label"]) == {0, 1}, fam
+    senses = a[a["family"] == "senses"]
+    for verb in SENSES:
+        has = senses["text"].str.contains(rf"\b{re.escape(verb)}\b")
+        assert set(senses.loc[has, "label"]) == {0, 1}, verb
+    groups = a[a["family"] == "groups"]
+    for g in GROUP_NAMES:
+        assert set(groups.loc[groups["text"].str.contains(g, regex=False), "label"]) == {0, 1}, g
+    unsafe = a[a["label"] == 1]
+    assert all(c and set(c) <= set(CATEGORIES) for c in unsafe["categories"])
+    assert all(c == [] for c in a.loc[a["label"] == 0, "categories"])
+
+
+def test_contrast_pairs_stay_apart_from_the_hand_written_checks():
+    """The plain-language checks (tests/data) measure what the model learned, so no contrast text may be a near
+    copy of one (token Jaccard < 0.6: the shared frames "how do I ..." are allowed, the objects are not)."""
+    import csv
+    import re
+    from pathlib import Path
+
+    from hysac.data.contrast import contrast_texts
+
+    def toks(t):
+        return set(re.findall(r"[a-z']+", t.lower()))
+
+    with open(Path(__file__).parent / "data" / "plain_language_checks.csv", newline="") as fh:
+        checks = [toks(r["text"]) for r in csv.DictReader(fh)]
+    texts = [toks(t) for t in contrast_texts()["text"]]
+    worst = max(len(c & t) / len(c | t) for c in checks for t in texts)
+    assert worst < 0.6, worst
+
+
+@needs_data
+def test_contrast_group_is_in_the_corpus_and_can_be_left_out(frame):
+    ct = frame[frame["source"] == "contrast"]
+    assert (ct["group"] == "contrast").all() and set(ct["label"]) == {0, 1} and len(ct) > 1000
+    without = load_register_sources(CorpusConfig(contrast=False))
+    assert "contrast" not in set(without["source"])
+    assert len(without) == len(frame) - len(ct)
+
+
+@needs_data
+def test_adding_a_source_does_not_reshuffle_the_others():
+    """Each source's split seed is fixed by its name: with or without the contrast pairs, every other text lands in
+    the same split (so models trained before and after a source was added are compared on the same test texts)."""
+    with_pairs = register_splits({"seed": 0})
+    without = register_splits({"seed": 0, "contrast": False})
+    for a, b in zip(with_pairs, without):
+        assert {e.text for e in a if e.source != "contrast"} == {e.text for e in b}
+    assert any(e.source == "contrast" for e in with_pairs.test)

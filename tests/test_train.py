@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -398,3 +399,21 @@ def test_select_epoch_takes_the_latest_epoch_within_the_tolerance_of_the_best():
     assert run([0.9, 0.95, 0.90, 0.949], 0.005) == (3, 0.95)  # 0.90 is out of the tolerance, 0.949 within it
     assert select_epoch(0.95, 0.90, 0.005) == (False, 0.95)
     assert select_epoch(0.95, 0.95, 0.0) == (False, 0.95)  # strict: a tie keeps the earlier epoch
+
+
+def test_register_threshold_pools_a_small_styled_register_with_its_group():
+    """The FPR bound holds in every register; a styled register too small for its quantile (here 10 texts, one of
+    them an outlier) is counted with its source group instead of setting the threshold alone."""
+    from hysac.train.trainer import register_threshold
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 1.0, 100)
+    styled = np.r_[rng.uniform(0.0, 1.0, 9), 5.0]
+    scores = np.r_[base, styled]
+    labels = np.zeros(110, dtype=int)
+    sources = np.array(["moderation"] * 100 + ["moderation+style"] * 10)
+    pooled = register_threshold(scores, labels, sources, "moderation=0.1")
+    assert pooled == np.quantile(scores, 0.9, method="higher") and pooled < 1.0
+    assert register_threshold(scores, labels, sources, "moderation=0.1", min_texts=0) == 5.0
+    big = np.array(["moderation"] * 100 + ["moderation+style"] * 10)
+    assert register_threshold(scores, labels, big, "moderation=0.1", min_texts=10) == 5.0  # large enough: alone

@@ -24,6 +24,10 @@ source             group       rule
 ``tweets``         tweets      ``hate`` → unsafe (hate); ``offensive`` (mostly profanity aimed at people) →
                                unsafe (harassment), capped at ``max_offensive``; ``neither`` → safe only when every
                                crowd vote said neither (a split vote is not reliably safe).
+``contrast``       contrast    hand-written minimal pairs (:mod:`hysac.data.contrast`, with ``contrast``): the
+                               same trigger word, group of people or scene safe in one text and unsafe in the
+                               other, so a word alone predicts nothing. Written for this corpus, in every fold of
+                               leave-one-source-out (it is not a source of the data folder).
 =================  ==========  ===================================================================================
 
 **Style augmentation.** A seeded share of safe captions / requests / tweets and of unsafe requests / moderation
@@ -55,7 +59,7 @@ from hysac.errors import InputError
 GROUPS: dict[str, str] = {
     "i2p": "prompts", "sd_prompts": "prompts", "safe_art": "prompts", "parti": "prompts",
     "coco": "captions", "harmful": "requests", "alpaca": "requests", "moderation": "moderation",
-    "tweets": "tweets",
+    "tweets": "tweets", "contrast": "contrast",
 }
 
 #: plain-language unsafe terms per category (written for this rule, not taken from any data set); an I2P prompt
@@ -93,6 +97,7 @@ class CorpusConfig:
     i2p_min_toxicity: float = 0.3
     style_fraction: float = 0.35  # share of eligible texts that also get a styled copy
     style_max_words: int = 40  # only texts up to this many words are styled (long chat texts stay as they are)
+    contrast: bool = True  # add the hand-written minimal pairs of hysac.data.contrast (source / group "contrast")
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
 
     @classmethod
@@ -210,6 +215,11 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     add(pd.concat([hate["text"], off["text"], neither["text"]]), "tweets",
         [1] * len(hate) + [1] * len(off) + [0] * len(neither),
         [["hate", "harassment"]] * len(hate) + [["harassment"]] * len(off) + [[]] * len(neither))
+    if cfg.contrast:
+        from hysac.data.contrast import contrast_texts
+
+        ct = contrast_texts(seed=cfg.seed)
+        add(ct["text"], "contrast", ct["label"].to_numpy(), ct["categories"])
     df = pd.concat(rows, ignore_index=True)
     # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
     df = df.sort_values("label", ascending=False, kind="stable").drop_duplicates("text", keep="first")
@@ -256,6 +266,11 @@ STYLED_SOURCES = ("coco", "alpaca", "harmful", "moderation", "tweets")
 
 
 # ------------------------------------------------------------------------------------------------ splits
+#: each source's slot in the split seed (``seed + 17 * slot + label``), fixed by name: a source added later takes the
+#: next slot, so adding one never reshuffles the splits of the others
+_SPLIT_SLOT: dict[str, int] = {s: k for k, s in enumerate(
+    ("alpaca", "coco", "harmful", "i2p", "moderation", "parti", "safe_art", "sd_prompts", "tweets", "contrast"))}
+
 def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     """Train/val/test lists of :class:`~hysac.data.text.TextExample` over every register (see the module doc).
     ``TextExample.source`` is the source name (``"<source>+style"`` for styled copies)."""
@@ -268,8 +283,9 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     parts: list[list[TextExample]] = [[], [], []]
     style_rng = np.random.default_rng(cfg.seed + 3)
     seen: set[str] = set(df["text"])
-    for k, source in enumerate(sorted(df["source"].unique())):
+    for source in sorted(df["source"].unique()):
         sub = df[df["source"] == source].reset_index(drop=True)
+        k = _SPLIT_SLOT[source]
         for lab in (0, 1):  # stratified by label within the source
             idx = np.flatnonzero(sub["label"].to_numpy() == lab)
             for part, sel in zip(parts, split_indices(len(idx), fr, seed=cfg.seed + 17 * k + lab)):

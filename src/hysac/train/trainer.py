@@ -1134,13 +1134,20 @@ def _engine_tag(backbone, tower: str) -> str:
     return "torch" if engine is None else f"{type(engine).__name__}:{engine!r}"
 
 
-def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str) -> float:
+#: a styled register with fewer safe validation texts than this is pooled with its source group for the threshold
+MIN_REGISTER_TEXTS = 50
+
+
+def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str,
+                       min_texts: int = MIN_REGISTER_TEXTS) -> float:
     """The lowest threshold at which the false-positive rate of the safe texts of *every* register (source group;
     styled copies as a register of their own) is at most its target rate.
 
     ``spec`` is one rate for all registers (``"0.05"``) or per source group
     (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
-    strictest rate given)."""
+    strictest rate given). A styled register with fewer than ``min_texts`` safe texts is counted with its source
+    group: the 91st percentile of 17 texts is their second-highest score, so one text would set the threshold for
+    every register."""
     from ..data.corpus import register_key
 
     targets = parse_rate_spec(spec)
@@ -1148,6 +1155,9 @@ def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarr
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     keys = np.array([register_key(str(s)) for s in sources])  # "<group>" or "<group>+style"
     safe = labels == 0
+    for key in np.unique(keys[safe]):
+        if "+" in key and int((safe & (keys == key)).sum()) < min_texts:
+            keys[keys == key] = key.split("+", 1)[0]
     return _worst_quantile([(scores[safe & (keys == key)], targets.get(key.split("+", 1)[0], fallback))
                             for key in np.unique(keys[safe])])
 
