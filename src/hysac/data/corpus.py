@@ -271,6 +271,7 @@ STYLED_SOURCES = ("coco", "alpaca", "harmful", "moderation", "tweets")
 _SPLIT_SLOT: dict[str, int] = {s: k for k, s in enumerate(
     ("alpaca", "coco", "harmful", "i2p", "moderation", "parti", "safe_art", "sd_prompts", "tweets", "contrast"))}
 
+
 def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     """Train/val/test lists of :class:`~hysac.data.text.TextExample` over every register (see the module doc).
     ``TextExample.source`` is the source name (``"<source>+style"`` for styled copies)."""
