@@ -116,14 +116,17 @@ def test_contrast_pairs_share_their_words_across_classes():
     import re
 
     from hysac.data.categories import CATEGORIES
-    from hysac.data.contrast import GROUP_NAMES, SENSES, contrast_texts
+    from hysac.data.contrast import GROUP_NAMES, SENSES, TASKS, contrast_texts
 
     a, b = contrast_texts(seed=3), contrast_texts(seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert not a.equals(contrast_texts(seed=4))
     assert a["text"].is_unique
-    for fam in ("senses", "groups", "scenes"):
+    for fam in ("senses", "groups", "scenes", "tasks", "chat"):
         assert set(a.loc[a["family"] == fam, "label"]) == {0, 1}, fam
+    tasks = a[a["family"] == "tasks"]
+    for kind in TASKS:  # the same kind of written task is asked for on both sides
+        assert set(tasks.loc[tasks["text"].str.contains(f" {kind} ", regex=False), "label"]) == {0, 1}, kind
     senses = a[a["family"] == "senses"]
     for verb in SENSES:
         has = senses["text"].str.contains(rf"\b{re.escape(verb)}\b")
