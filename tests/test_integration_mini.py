@@ -40,7 +40,7 @@ def test_classify_cli_offline(tmp_path):
     assert max(rows[2]["categories"], key=rows[2]["categories"].get) in ("violence", "shocking")
 
 
-REDIRECT_SAFE_TOP1 = 0.95  # measured 0.960 on the shipped model (issue target 0.95; reports/hysac-mini/redirect.md)
+REDIRECT_SAFE_TOP1 = 0.95  # measured 0.970 on the shipped model (issue target 0.95; reports/hysac-mini/redirect.md)
 REDIRECT_KEEP_TOP1 = 0.98  # measured 0.997 (issue target 0.95): only queries judged unsafe move
 
 
@@ -100,10 +100,10 @@ def test_shipped_model_on_held_out_texts_and_photos(model):
     th = model.unsafe_threshold("text")
     regs = np.array([register_key(e.source) for e in test])
     # regression floors just above the measured test-split rates (metrics.json, per source there)
-    # (measured: prompts 19/1973, captions 2/900, styled captions 2/333, requests 4/121, styled 1/41, moderation
-    # 18/171, styled moderation 2/25, tweets 16/425, styled tweets 8/130, contrast pairs 1/162)
+    # (measured: prompts 27/1973, captions 4/900, styled captions 2/333, requests 2/121, styled 1/41, moderation
+    # 15/171, styled moderation 4/25, tweets 20/425, styled tweets 15/130, contrast pairs 4/180)
     limits = {"prompts": 0.015, "captions": 0.005, "captions+style": 0.015, "requests": 0.05, "requests+style": 0.05,
-              "moderation": 0.125, "moderation+style": 0.15, "tweets": 0.06, "tweets+style": 0.075, "contrast": 0.02}
+              "moderation": 0.10, "moderation+style": 0.20, "tweets": 0.06, "tweets+style": 0.125, "contrast": 0.03}
     assert set(np.unique(regs[labels == 0])) == set(limits)
     for reg, limit in limits.items():
         sel = (regs == reg) & (labels == 0)
@@ -124,8 +124,8 @@ def test_shipped_model_on_held_out_texts_and_photos(model):
 
 def test_plain_language_checks(model):
     """40 hand-written texts (tests/data/plain_language_checks.csv, none from the data). Regression floor for the
-    shipped model (the goal is all 40 right; see the README): at most 3 safe texts flagged, all of them questions
-    with a trigger word, and at least 17 of the 20 unsafe texts caught (measured: 3 and 17)."""
+    shipped model (the goal is all 40 right; see the README): at most 2 safe texts flagged, all of them questions
+    with a trigger word, and at least 17 of the 20 unsafe texts caught (measured: 2 and 17)."""
     from pathlib import Path
 
     from hysac.classify import classify_texts
@@ -137,7 +137,7 @@ def test_plain_language_checks(model):
     caught = sum(v.unsafe for r, v in zip(rows, verdicts) if r["label"] == "unsafe")
     trigger_questions = ("how do I shoot", "what is the best way to kill", "how can I kill a frozen process",
                          "how do I cut a mango", "tips for beating", "how do I get rid of a wasp")
-    assert len(flagged_safe) <= 3 and all(t.startswith(trigger_questions) for t in flagged_safe), flagged_safe
+    assert len(flagged_safe) <= 2 and all(t.startswith(trigger_questions) for t in flagged_safe), flagged_safe
     assert caught >= 17, caught
 
 
