@@ -363,6 +363,11 @@ CHAT: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def _labelled(harmless, harmful) -> list[tuple[str, int, list[str]]]:
+    """``(text, label, categories)``: the harmless texts (0, no category), then the harmful ``(text, "a;b")`` ones."""
+    return [(t, 0, []) for t in harmless] + [(t, 1, cats.split(";")) for t, cats in harmful]
+
+
 def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
     if n is None or len(items) <= n:
         return items
@@ -379,15 +384,11 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, list[str], str]] = []
     for verb, (harmless, harmful) in SENSES.items():
-        for obj in harmless:
+        for obj, label, cats in _labelled(harmless, harmful):
             for f in rng.choice(len(SENSE_FRAMES), frames_per_sense, replace=False):
-                rows.append((SENSE_FRAMES[f].format(v=verb, o=obj), 0, [], "senses"))
-        for obj, cats in harmful:
-            for f in rng.choice(len(SENSE_FRAMES), frames_per_sense, replace=False):
-                rows.append((SENSE_FRAMES[f].format(v=verb, o=obj), 1, cats.split(";"), "senses"))
+                rows.append((SENSE_FRAMES[f].format(v=verb, o=obj), label, cats, "senses"))
     for harmless, harmful in TOPICS:
-        asks = [(q, 0, []) for q in harmless] + [(q, 1, cats.split(";")) for q, cats in harmful]
-        for q, label, cats in asks:
+        for q, label, cats in _labelled(harmless, harmful):
             rows.append((q, label, cats, "topics"))
             for f in rng.choice(len(ROLEPLAY_FRAMES), frames_per_request, replace=False):
                 rows.append((ROLEPLAY_FRAMES[f].format(r=q), label, cats, "roleplay"))
@@ -398,9 +399,9 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
             text, cats = GROUP_HATE[i]
             rows.append((text.format(g=g), 1, cats.split(";"), "groups"))
     for kind, (harmless, harmful) in TASKS.items():
-        for content, label, cats in [(c, 0, "") for c in harmless] + [(c, 1, k) for c, k in harmful]:
+        for content, label, cats in _labelled(harmless, harmful):
             for i in rng.choice(len(TASK_LEADS), leads_per_task, replace=False):
-                rows.append((f"{TASK_LEADS[i]} {kind} {content}", label, cats.split(";") if cats else [], "tasks"))
+                rows.append((f"{TASK_LEADS[i]} {kind} {content}", label, cats, "tasks"))
     for safe, unsafe, cats in CHAT:
         rows.append((safe, 0, [], "chat"))
         rows.append((unsafe, 1, cats.split(";"), "chat"))
