@@ -79,6 +79,12 @@ def test_unknown_group_refused(tmp_path):
         run_loso(tmp_path / "c.yaml", tmp_path, groups=["nonsense"])
 
 
+def test_unknown_baseline_refused_before_any_training(tmp_path):
+    with pytest.raises(InputError, match=r"unknown baseline\(s\) \['probe'\]"):
+        run_loso(tmp_path / "c.yaml", tmp_path / "out", groups=["tweets"], baselines=("probe",))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(not (__import__("hysac.data", fromlist=["x"]).default_data_dir() / "sd_prompts.csv").is_file(),
                     reason="dev data not found")
 def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
@@ -143,3 +149,13 @@ def test_cli_passes_the_reference_and_its_label(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen["groups"] == ["tweets"] and seen["overrides"] == ["backbone.text_lora=null"]
     assert seen["reference"] == str(tmp_path / "old") and seen["reference_label"] == "the former model"
+    assert tuple(seen["baselines"]) == loso_mod.BASELINES  # every baseline unless chosen
+
+    for extra, expected in ((["--baseline", "profanity-check", "--baseline", "hysac-mini"],
+                             ("profanity-check", "hysac-mini")), (["--no-baselines"], ())):
+        res = CliRunner().invoke(app, ["eval", "--loso", str(cfg), "--out", str(tmp_path / "o"), "--quiet", *extra])
+        assert res.exit_code == 0, res.output
+        assert tuple(seen["baselines"]) == expected, extra
+    res = CliRunner().invoke(app, ["eval", "--loso", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                                   "--no-baselines", "--baseline", "safe-clip"])
+    assert res.exit_code != 0 and "contradict" in res.output and "Traceback" not in res.output

@@ -36,6 +36,10 @@ def eval_command(
     group: List[str] = typer.Option([], "--group", help="With --loso: only these held-out groups (repeatable)."),
     setting: List[str] = typer.Option([], "--set", help="With --loso: training-config override KEY=VALUE, e.g. "
                                                          "backbone.text_lora=null (repeatable)."),
+    baseline: List[str] = typer.Option([], "--baseline", help="With --loso: only these baselines (repeatable; "
+                                                               "euclidean-probe, safe-clip, profanity-check, "
+                                                               "hysac-mini; default all)."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="With --loso: the recipe alone."),
     reference: str = typer.Option("hysac-mini", "--reference", help="With --loso: the model scored as the "
                                                                     "hysac-mini baseline (name or folder)."),
     reference_label: Optional[str] = typer.Option(None, "--reference-label", help="With --loso: how the report "
@@ -49,8 +53,13 @@ def eval_command(
         if not loso.is_file():
             raise InputError(f"--loso {loso}: no such training config")
         log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+        from .loso import BASELINES
+
+        if no_baselines and baseline:
+            raise InputError("--baseline and --no-baselines contradict each other; give one")
+        chosen = () if no_baselines else tuple(baseline) or BASELINES
         report = run_loso(loso, out or Path("reports/loso"), groups=group or None, overrides=setting, log=log,
-                          reference=reference, reference_label=reference_label)
+                          reference=reference, reference_label=reference_label, baselines=chosen)
         from .loso import to_markdown
 
         typer.echo(to_markdown(report))

@@ -42,6 +42,8 @@ from .. import metrics as M
 from ..errors import InputError
 
 GROUP_ORDER = ("prompts", "captions", "requests", "moderation", "tweets")
+#: the methods scored beside the recipe in every fold (``run_loso(baselines=...)``, ``--baseline``)
+BASELINES = ("euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
 RETRIEVAL_GALLERY_PER_CLASS = 750
 RETRIEVAL_QUERIES = 200
 
@@ -220,7 +222,7 @@ def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -
 
 
 def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
-             baselines: Sequence[str] = ("euclidean-probe", "safe-clip", "profanity-check", "hysac-mini"),
+             baselines: Sequence[str] = BASELINES,
              overrides: Sequence[str] = (), log: Callable[[str], None] = print,
              reference: str = "hysac-mini", reference_label: str | None = None) -> dict[str, Any]:
     """Run every fold (each trains in ``<out>/<group>``; a finished fold resumes instantly) and write
@@ -232,6 +234,9 @@ def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | 
     bad = sorted(set(groups) - set(GROUP_ORDER))
     if bad:
         raise InputError(f"loso: unknown source group(s) {bad}; known: {list(GROUP_ORDER)}")
+    bad = sorted(set(baselines) - set(BASELINES))
+    if bad:
+        raise InputError(f"loso: unknown baseline(s) {bad}; known: {list(BASELINES)}")
     out = Path(out)
     folds = []
     t0 = time.time()
