@@ -72,6 +72,9 @@ def test_markdown_retrieval_table():
     assert "## Retrieval with redirection on the held-out group" in md
     row = [line for line in md.splitlines() if line.startswith("| moderation | 750")]
     assert row == ["| moderation | 750 / 348 | 200 / 200 | 40.0% | 41.0% → 80.0% (97.5%) |"]
+    legend = next(line for line in md.splitlines() if line.startswith("Gallery:"))
+    assert "frozen: the frozen MiniLM space" in legend  # a column of this report is explained
+    assert "safe-clip:" not in legend and "hysac-move-all:" not in legend  # absent columns are not
 
 
 def test_unknown_group_refused(tmp_path):

@@ -48,20 +48,16 @@ def eval_command(
     """Run retrieval (Tables 1/2/8), classification (Tables 5/6), redirection quality, baselines and figures;
     write report.md, metrics.json and PNGs to the output folder."""
     if loso is not None:
-        from .loso import run_loso
+        from .loso import BASELINES, run_loso, to_markdown
 
         if not loso.is_file():
             raise InputError(f"--loso {loso}: no such training config")
         log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
-        from .loso import BASELINES
-
         if no_baselines and baseline:
             raise InputError("--baseline and --no-baselines contradict each other; give one")
         chosen = () if no_baselines else tuple(baseline) or BASELINES
         report = run_loso(loso, out or Path("reports/loso"), groups=group or None, overrides=setting, log=log,
                           reference=reference, reference_label=reference_label, baselines=chosen)
-        from .loso import to_markdown
-
         typer.echo(to_markdown(report))
         return
     from .config import ModelSpec, load_config

@@ -261,6 +261,13 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+#: what the less obvious retrieval columns are (only the columns a report has are explained)
+_RETRIEVAL_LEGEND = {"frozen": "the frozen MiniLM space (cosine)",
+                     "hysac-move-all": "the fold's model with every query beyond the redirect radius moved, judged "
+                                       "unsafe or not",
+                     "safe-clip": "the unlearning model's space (cosine)"}
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     methods = [m for m in ("hysac", "euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
                if any(m in f for f in report["folds"])]
@@ -290,9 +297,8 @@ def to_markdown(report: dict[str, Any]) -> str:
                   f"of the held-out group; queries: up to {RETRIEVAL_QUERIES} unsafe and {RETRIEVAL_QUERIES} safe "
                   "other texts of the group. Cells: % of unsafe queries whose top-1 is safe; for HySAC models "
                   "plain → with `redirect` (the model's traversal rule, as `search` applies it), and in brackets "
-                  "the % of safe queries that keep their top-1 under redirect. frozen: the frozen MiniLM space "
-                  "(cosine); hysac-move-all: the fold's model with every query beyond the redirect radius moved, "
-                  "judged unsafe or not; safe-clip: the unlearning model's space (cosine).", "",
+                  "the % of safe queries that keep their top-1 under redirect."
+                  + "".join(f" {m}: {_RETRIEVAL_LEGEND[m]}." for m in rmethods if m in _RETRIEVAL_LEGEND), "",
                   "| held out | gallery safe / unsafe | queries unsafe / safe | "
                   + " | ".join(rmethods) + " |", "|---|---|---|" + "---|" * len(rmethods)]
 
@@ -312,4 +318,4 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
+__all__ = ["BASELINES", "GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
