@@ -139,6 +139,29 @@ def test_contrast_pairs_share_their_words_across_classes():
     assert all(c == [] for c in a.loc[a["label"] == 0, "categories"])
 
 
+def test_acts_and_group_requests_put_each_frame_on_both_sides():
+    """The ``acts`` family writes every (harmless, harmful) pair of ACTS in the same frames, and the request register
+    of the ``groups`` family names every group on both sides: a frame or a group alone predicts nothing. Both can be
+    turned off (0), which leaves the other families' texts as they were."""
+    from hysac.data.contrast import ACT_FRAMES, ACTS, GROUP_NAMES, contrast_texts
+
+    d = contrast_texts(seed=0, frames_per_act=3, group_requests=2)
+    acts = d[d["family"] == "acts"]
+    assert len(acts) == 2 * 3 * len(ACTS)
+    for harmless, harmful, cats in ACTS:
+        safe_frames = {t.replace(harmless, "{a}") for t in acts.loc[acts["label"] == 0, "text"] if harmless in t}
+        bad_frames = {t.replace(harmful, "{a}") for t in acts.loc[acts["label"] == 1, "text"] if harmful in t}
+        assert safe_frames == bad_frames and len(safe_frames) == 3 and safe_frames <= set(ACT_FRAMES), harmless
+        assert set(acts.loc[acts["text"].str.contains(harmful, regex=False), "categories"].iloc[0]) == set(cats.split(";"))
+    groups = d[d["family"] == "groups"]
+    assert len(groups) == 2 * (6 + 2) * len(GROUP_NAMES)
+    off = contrast_texts(seed=0, frames_per_act=0, group_requests=0)
+    assert "acts" not in set(off["family"]) and len(off[off["family"] == "groups"]) == 2 * 6 * len(GROUP_NAMES)
+    from hysac.data.corpus import CorpusConfig
+
+    assert CorpusConfig.from_dict({"contrast_acts": 0}).contrast_acts == 0
+
+
 def test_contrast_pairs_stay_apart_from_the_hand_written_checks():
     """The plain-language checks (tests/data) measure what the model learned, so no contrast text may be a near
     copy of one (token Jaccard < 0.6: the shared frames "how do I ..." are allowed, the objects are not)."""

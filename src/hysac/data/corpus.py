@@ -98,6 +98,8 @@ class CorpusConfig:
     style_fraction: float = 0.35  # share of eligible texts that also get a styled copy
     style_max_words: int = 40  # only texts up to this many words are styled (long chat texts stay as they are)
     contrast: bool = True  # add the hand-written minimal pairs of hysac.data.contrast (source / group "contrast")
+    contrast_group_requests: int = 2  # hateful and respectful requests per group (contrast.GROUP_*_REQUESTS); 0: none
+    contrast_acts: int = 4  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
 
     @classmethod
@@ -218,7 +220,8 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     if cfg.contrast:
         from hysac.data.contrast import contrast_texts
 
-        ct = contrast_texts(seed=cfg.seed)
+        ct = contrast_texts(seed=cfg.seed, frames_per_act=cfg.contrast_acts,
+                            group_requests=cfg.contrast_group_requests)
         add(ct["text"], "contrast", ct["label"].to_numpy(), ct["categories"])
     df = pd.concat(rows, ignore_index=True)
     # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
