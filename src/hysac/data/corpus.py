@@ -25,7 +25,7 @@ source             group       rule
                                unsafe (harassment), capped at ``max_offensive``; ``neither`` → safe only when every
                                crowd vote said neither (a split vote is not reliably safe).
 ``contrast``       contrast    hand-written minimal pairs (:mod:`hysac.data.contrast`, with ``contrast``): the
-                               same trigger word, group of people, scene, written task or strong words safe in
+                               same trigger word, group of people, scene, written task, act or strong words safe in
                                one text and unsafe in the other, so a word alone predicts nothing. Written for this corpus, in every fold of
                                leave-one-source-out (it is not a source of the data folder).
 =================  ==========  ===================================================================================
