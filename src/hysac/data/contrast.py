@@ -32,9 +32,9 @@ Eight families (everything here is written for this corpus, not taken from any d
   people) in the same frames across registers: questions, instructions, first-person plans and chat ("I'm planning
   to *file my taxes online before the deadline* this weekend" / "... *hide my income from the tax office with fake
   invoices* ..."). Its harmful side covers the illegal-activity taxonomy (fraud, forgery, malware, smuggling,
-  poaching, piracy, bribery) that no source of the data folder labels outside its request register; without it,
-  a model trained without the harmful requests caught 29 % of them at its threshold, with it 41 % (heads-only
-  leave-one-source-out fold, ``reports/hysac-mini/loso.md``).
+  poaching, piracy, bribery) that no source of the data folder labels outside its request register. Without it
+  and the request register of ``groups``, a model trained without the harmful requests caught 29 % of them at its
+  threshold, with both 41 % (heads-only leave-one-source-out fold, ``reports/hysac-mini/loso.md``).
 
 :func:`contrast_texts` enumerates them (seeded) as one frame with ``text``, ``label`` (1 unsafe), ``categories``
 and ``family``.
@@ -484,7 +484,9 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
 
     ``frames_per_sense`` frames are drawn per (verb, object); ``per_group`` safe and ``per_group`` hateful statements
     per group; ``scenes`` safe and ``scenes`` unsafe captions; ``frames_per_request`` role-play wrappers per topic
-    question; ``leads_per_task`` lead verbs per written task (all seeded)."""
+    question; ``leads_per_task`` lead verbs per written task; ``group_requests`` respectful and ``group_requests``
+    hateful requests per group; ``frames_per_act`` frames per act pair, the same on both sides (all seeded; 0 leaves
+    a family out)."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, list[str], str]] = []
     for verb, (harmless, harmful) in SENSES.items():
@@ -512,7 +514,7 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
         for content, label, cats in _labelled(harmless, harmful):
             for i in rng.choice(len(TASK_LEADS), leads_per_task, replace=False):
                 rows.append((f"{TASK_LEADS[i]} {kind} {content}", label, cats, "tasks"))
-    for harmless, harmful, cats in ACTS[: len(ACTS) if frames_per_act else 0]:
+    for harmless, harmful, cats in ACTS if frames_per_act else ():
         for f in rng.choice(len(ACT_FRAMES), frames_per_act, replace=False):  # the same frames on both sides
             rows.append((ACT_FRAMES[f].format(a=harmless), 0, [], "acts"))
             rows.append((ACT_FRAMES[f].format(a=harmful), 1, cats.split(";"), "acts"))
@@ -528,5 +530,6 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
     return df.drop_duplicates("text").reset_index(drop=True)
 
 
-__all__ = ["CHAT", "GROUP_HATE", "GROUP_NAMES", "GROUP_SAFE", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE", "SENSES",
-           "SENSE_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "contrast_texts"]
+__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES", "GROUP_SAFE",
+           "GROUP_SAFE_REQUESTS", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE", "SENSES", "SENSE_FRAMES", "TASKS",
+           "TASK_LEADS", "TOPICS", "contrast_texts"]
