@@ -142,7 +142,7 @@ def test_contrast_pairs_share_their_words_across_classes():
 def test_acts_and_group_requests_put_each_frame_on_both_sides():
     """The ``acts`` family writes every (harmless, harmful) pair of ACTS in the same frames, and the request register
     of the ``groups`` family names every group on both sides: a frame or a group alone predicts nothing. Both can be
-    turned off (0), which leaves the other families' texts as they were."""
+    turned off (0)."""
     from hysac.data.contrast import ACT_FRAMES, ACTS, GROUP_NAMES, contrast_texts
 
     d = contrast_texts(seed=0, frames_per_act=3, group_requests=2)

@@ -458,6 +458,10 @@ ACTS: tuple[tuple[str, str, str], ...] = (
      "violence;harassment"),
 )
 
+#: defaults of :func:`contrast_texts` (and of ``data.corpus``) for the two families that can be turned off
+FRAMES_PER_ACT = 4
+GROUP_REQUESTS = 2
+
 #: frames for the ``acts`` family ({a}: an infinitive act), across registers: questions, instructions, first-person
 #: plans and chat, so neither the frame nor the register says which side a text is on
 ACT_FRAMES = ("how do I {a}", "explain step by step how to {a}", "write a guide on how to {a}",
@@ -478,8 +482,8 @@ def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
 
 
 def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6, scenes: int = 500,
-                   frames_per_request: int = 4, leads_per_task: int = 3, frames_per_act: int = 4,
-                   group_requests: int = 2) -> pd.DataFrame:
+                   frames_per_request: int = 4, leads_per_task: int = 3, frames_per_act: int = FRAMES_PER_ACT,
+                   group_requests: int = GROUP_REQUESTS) -> pd.DataFrame:
     """Every family as one frame: ``text``, ``label`` (1 unsafe), ``categories`` (list), ``family``.
 
     ``frames_per_sense`` frames are drawn per (verb, object); ``per_group`` safe and ``per_group`` hateful statements
@@ -530,6 +534,6 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
     return df.drop_duplicates("text").reset_index(drop=True)
 
 
-__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES", "GROUP_SAFE",
-           "GROUP_SAFE_REQUESTS", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE", "SENSES", "SENSE_FRAMES", "TASKS",
-           "TASK_LEADS", "TOPICS", "contrast_texts"]
+__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "FRAMES_PER_ACT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES",
+           "GROUP_REQUESTS", "GROUP_SAFE", "GROUP_SAFE_REQUESTS", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE",
+           "SENSES", "SENSE_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "contrast_texts"]

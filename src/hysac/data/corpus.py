@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
+from hysac.data.contrast import FRAMES_PER_ACT, GROUP_REQUESTS, contrast_texts
 from hysac.data.paths import resolve_data_file
 from hysac.data.tables import read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
@@ -98,8 +99,8 @@ class CorpusConfig:
     style_fraction: float = 0.35  # share of eligible texts that also get a styled copy
     style_max_words: int = 40  # only texts up to this many words are styled (long chat texts stay as they are)
     contrast: bool = True  # add the hand-written minimal pairs of hysac.data.contrast (source / group "contrast")
-    contrast_group_requests: int = 2  # hateful and respectful requests per group (contrast.GROUP_*_REQUESTS); 0: none
-    contrast_acts: int = 4  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
+    contrast_group_requests: int = GROUP_REQUESTS  # hateful and respectful requests per group (contrast.GROUP_*_REQUESTS); 0: none
+    contrast_acts: int = FRAMES_PER_ACT  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
 
     @classmethod
@@ -218,8 +219,6 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
         [1] * len(hate) + [1] * len(off) + [0] * len(neither),
         [["hate", "harassment"]] * len(hate) + [["harassment"]] * len(off) + [[]] * len(neither))
     if cfg.contrast:
-        from hysac.data.contrast import contrast_texts
-
         ct = contrast_texts(seed=cfg.seed, frames_per_act=cfg.contrast_acts,
                             group_requests=cfg.contrast_group_requests)
         add(ct["text"], "contrast", ct["label"].to_numpy(), ct["categories"])
