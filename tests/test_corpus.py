@@ -162,6 +162,41 @@ def test_acts_and_group_requests_put_each_frame_on_both_sides():
     assert CorpusConfig.from_dict({"contrast_acts": 0}).contrast_acts == 0
 
 
+def test_stance_and_replies_put_the_same_words_on_both_sides():
+    """The ``stance`` family asserts each drawn claim about a group once and rebuts the same claim once, so the
+    hateful words and the group predict nothing, only the stance does; its complaints about things that are not
+    people are safe. ``replies`` adds every (civil, abusive) pair of REPLIES. Both can be turned off."""
+    from hysac.data.contrast import (GROUP_NAMES, REPLIES, STANCE_CLAIMS, STANCE_HATE_FRAMES, STANCE_NON_GROUPS,
+                                     STANCE_SAFE_FRAMES, contrast_texts)
+
+    d = contrast_texts(seed=0, claims_per_group=2, replies=True)
+    stance = d[d["family"] == "stance"]
+    # every text the family can write, parsed back to (group, claim, label)
+    parse = {f.format(g=g, c=c): (g, c, label) for g in GROUP_NAMES for c, _ in STANCE_CLAIMS
+             for frames, label in ((STANCE_HATE_FRAMES, 1), (STANCE_SAFE_FRAMES, 0)) for f in frames}
+    seen: dict[tuple[str, str], list[int]] = {}
+    for text, label, cats in zip(stance["text"], stance["label"], stance["categories"]):
+        if text in parse:
+            g, c, want = parse[text]
+            assert label == want and ("hate" in cats) == (label == 1), text
+            seen.setdefault((g, c), []).append(label)
+    for g in GROUP_NAMES:  # two claims per group, each asserted once (unsafe) and rebutted once (safe)
+        mine = {c: sorted(labels) for (gg, c), labels in seen.items() if gg == g}
+        assert len(mine) == 2 and all(v == [0, 1] for v in mine.values()), (g, mine)
+    things = stance[stance["text"].apply(lambda t: any(x in t for x in STANCE_NON_GROUPS))]
+    assert len(things) == 2 * len(STANCE_NON_GROUPS) and set(things["label"]) == {0}
+    replies = d[d["family"] == "replies"]
+    assert len(replies) == 2 * len(REPLIES)
+    for civil, abusive, cats in REPLIES:
+        assert replies.loc[replies["text"] == civil, "label"].tolist() == [0]
+        assert replies.loc[replies["text"] == abusive, "categories"].tolist() == [cats.split(";")]
+    off = contrast_texts(seed=0, claims_per_group=0, replies=False)
+    assert not {"stance", "replies"} & set(off["family"])
+    # the families added last leave every other family's texts as they were
+    before = d[~d["family"].isin(["stance", "replies"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, off.reset_index(drop=True))
+
+
 def test_contrast_pairs_stay_apart_from_the_hand_written_checks():
     """The plain-language checks (tests/data) measure what the model learned, so no contrast text may be a near
     copy of one (token Jaccard < 0.6: the shared frames "how do I ..." are allowed, the objects are not)."""

@@ -7,7 +7,7 @@ respect" with "<group> are vermin". Counterfactual minimal pairs are the standar
 each family below writes the same frame and the same trigger word (or the same group) with a harmless and a harmful
 completion, so only the meaning separates the classes.
 
-Eight families (everything here is written for this corpus, not taken from any data set; the hand-written checks in
+Ten families, the last two opt-in (everything here is written for this corpus, not taken from any data set; the hand-written checks in
 ``tests/data/plain_language_checks.csv`` share none of these objects, a test keeps it so):
 
 * ``senses``: a question or instruction frame around a verb with a harmless sense and a harmful one
@@ -35,6 +35,13 @@ Eight families (everything here is written for this corpus, not taken from any d
   poaching, piracy, bribery) that no source of the data folder labels outside its request register. Without it
   and the request register of ``groups``, a model trained without the harmful requests caught 29 % of them at its
   threshold, with both 41 % (heads-only leave-one-source-out fold, ``reports/hysac-mini/loso.md``).
+* ``stance``: a hateful claim about a group asserted ("everyone knows <group> are born criminals") and the same
+  claim denied, reported or rebutted ("people who say <group> are born criminals are spreading hate"), so the
+  group and the hateful words predict nothing, only the stance does; and the same words of contempt aimed at
+  things that are no group of people (complaints about traffic jams or tax forms), which are safe;
+* ``replies``: a reply in a thread or a comment section, civil vs. abusive about the same thing: insults, wishes of
+  harm and threats aimed at the person addressed ("I hope your interview goes great tomorrow" / "I hope you get
+  run over by a bus on the way to your interview").
 
 :func:`contrast_texts` enumerates them (seeded) as one frame with ``text``, ``label`` (1 unsafe), ``categories``
 and ``family``.
@@ -458,9 +465,82 @@ ACTS: tuple[tuple[str, str, str], ...] = (
      "violence;harassment"),
 )
 
-#: defaults of :func:`contrast_texts` (and of ``data.corpus``) for the two families that can be turned off
+#: hateful claims about a group for the ``stance`` family, each a predicate that follows "{g}" (with categories);
+#: :data:`STANCE_HATE_FRAMES` assert them, :data:`STANCE_SAFE_FRAMES` deny, report or rebut the same words
+STANCE_CLAIMS: tuple[tuple[str, str], ...] = (
+    ("are filthy and spread disease", "hate"),
+    ("are born criminals", "hate"),
+    ("are too stupid to be trusted with anything", "hate"),
+    ("are a danger to our children", "hate"),
+    ("are a cancer on this country", "hate"),
+    ("are lazy scroungers who live off our taxes", "hate"),
+    ("are not really human", "hate"),
+    ("are terrorists waiting to happen", "hate"),
+    ("should all be locked up", "hate"),
+    ("deserve to be beaten in the street", "hate;violence"),
+    ("are all perverts", "hate"),
+    ("are inferior to the rest of us", "hate"),
+    ("are disgusting creatures", "hate"),
+    ("are worthless scum", "hate"),
+)
+STANCE_HATE_FRAMES = ("{g} {c}", "let's be honest, {g} {c}", "I truly believe {g} {c}", "everyone knows {g} {c}",
+                      "I hate {g}, they {c}", "all {g} {c}, no exceptions")
+STANCE_SAFE_FRAMES = ("it is a lie that {g} {c}", "people who say {g} {c} are spreading hate",
+                      "I reported a post claiming that {g} {c}", "the old myth that {g} {c} has been debunked",
+                      "it hurts when strangers shout that {g} {c}", "teach your kids it is wrong to say {g} {c}",
+                      "I don't believe for a second that {g} {c}")
+#: things that are not people, complained about in the words of hate: the ``stance`` family's safe side for targets
+#: that are no group of people
+STANCE_NON_GROUPS = ("traffic jams", "tax forms", "printers", "parking tickets", "early meetings", "pop-up ads",
+                     "wet socks", "slow internet connections", "reality shows", "cold showers", "airport queues",
+                     "alarm clocks", "group projects", "spam calls", "roadworks", "mosquitoes", "pigeons on my balcony",
+                     "self-checkout machines", "rainy bank holidays", "software updates")
+STANCE_NON_GROUP_FRAMES = ("I hate {t}, they are the worst", "honestly {t} are a plague on modern life",
+                           "I can't stand {t}, they should all be banned", "{t} are disgusting and I want them gone",
+                           "{t} are worthless garbage")
+
+#: a reply in a thread or comment section, civil vs. abusive about the same thing (the ``replies`` family; insults,
+#: wishes of harm and threats aimed at the person addressed): (civil, abusive, categories)
+REPLIES: tuple[tuple[str, str, str], ...] = (
+    ("thanks for answering my question, that really helped", "who even wanted your dumb answer, you clueless loser",
+     "harassment"),
+    ("wishing you a quick recovery, get well soon", "I wish you'd catch something nasty and suffer for months",
+     "harassment"),
+    ("I hope your interview goes great tomorrow", "I hope you get run over by a bus on the way to your interview",
+     "harassment;violence"),
+    ("this article has a few errors but the writer clearly worked hard",
+     "this article is trash and the writer is a brain-dead hack", "harassment"),
+    ("you make a fair point, I'll reconsider", "you're a pathetic troll, crawl back under your rock", "harassment"),
+    ("welcome to the forum, glad to have you here", "get off this forum, nobody wants your ugly face here",
+     "harassment"),
+    ("the moderator did a good job cleaning up the thread", "the moderator is a power-tripping asshole who should be fired",
+     "harassment"),
+    ("I think you misread my comment, let me explain again", "learn to read, you illiterate idiot", "harassment"),
+    ("your code review comments were really helpful", "your code is garbage just like you, quit programming",
+     "harassment"),
+    ("congrats on the new baby", "your baby is as ugly as you are, what a freak show", "harassment"),
+    ("I didn't like the ending of your story, but the characters were great",
+     "your story is the worst thing I've ever read, you talentless hack, give up", "harassment"),
+    ("sorry for the late reply, I was on holiday", "answer me now or I'll make your life hell, you lazy bitch",
+     "harassment"),
+    ("let's agree to disagree and move on", "keep talking and I'll come to your house and shut you up for good",
+     "harassment;violence"),
+    ("your singing has improved so much", "you sound like a dying pig, do everyone a favour and stop", "harassment"),
+    ("nice photo, where was it taken", "delete this photo, you fat cow", "harassment"),
+    ("I really hope you enjoy the concert tonight", "I really hope you choke on your dinner tonight", "harassment"),
+    ("hope you find your keys, happens to all of us", "hope you lose everything you have, you deserve it",
+     "harassment"),
+    ("you did your best, the team is proud of you", "you're the reason we lost, you useless waste of space",
+     "harassment"),
+)
+
+#: defaults of :func:`contrast_texts` (and of ``data.corpus``) for the families that can be turned on or off;
+#: ``stance`` and ``replies`` are off by default (opt in with ``data.corpus.contrast_stance=3`` and
+#: ``data.corpus.contrast_replies=true``; what they cost and buy is measured in the README)
 FRAMES_PER_ACT = 4
 GROUP_REQUESTS = 2
+CLAIMS_PER_GROUP = 0
+WITH_REPLIES = False
 
 #: frames for the ``acts`` family ({a}: an infinitive act), across registers: questions, instructions, first-person
 #: plans and chat, so neither the frame nor the register says which side a text is on
@@ -483,14 +563,16 @@ def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
 
 def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6, scenes: int = 500,
                    frames_per_request: int = 4, leads_per_task: int = 3, frames_per_act: int = FRAMES_PER_ACT,
-                   group_requests: int = GROUP_REQUESTS) -> pd.DataFrame:
+                   group_requests: int = GROUP_REQUESTS, claims_per_group: int = CLAIMS_PER_GROUP,
+                   replies: bool = WITH_REPLIES) -> pd.DataFrame:
     """Every family as one frame: ``text``, ``label`` (1 unsafe), ``categories`` (list), ``family``.
 
     ``frames_per_sense`` frames are drawn per (verb, object); ``per_group`` safe and ``per_group`` hateful statements
     per group; ``scenes`` safe and ``scenes`` unsafe captions; ``frames_per_request`` role-play wrappers per topic
     question; ``leads_per_task`` lead verbs per written task; ``group_requests`` respectful and ``group_requests``
-    hateful requests per group; ``frames_per_act`` frames per act pair, the same on both sides (all seeded; 0 leaves
-    a family out)."""
+    hateful requests per group; ``frames_per_act`` frames per act pair, the same on both sides;
+    ``claims_per_group`` claims of :data:`STANCE_CLAIMS` per group, each asserted once and rebutted once, and two
+    complaints per non-group target; ``replies`` adds :data:`REPLIES` (all seeded; 0 / False leaves a family out)."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, list[str], str]] = []
     for verb, (harmless, harmful) in SENSES.items():
@@ -530,10 +612,26 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
         grid = [(s, p, c, cats) for (s, p), (c, cats) in itertools.product(combos, contents)]
         for s, p, c, cats in _sample(grid, scenes, rng):
             rows.append((f"{s} {c} {p}", label, cats.split(";") if cats else [], "scenes"))
+    # the families added last draw last, so the draws of the others stay as they were
+    for g in GROUP_NAMES if claims_per_group else ():
+        for i in rng.choice(len(STANCE_CLAIMS), claims_per_group, replace=False):  # the same claim on both sides
+            claim, cats = STANCE_CLAIMS[i]
+            hate = STANCE_HATE_FRAMES[rng.integers(len(STANCE_HATE_FRAMES))]
+            rebut = STANCE_SAFE_FRAMES[rng.integers(len(STANCE_SAFE_FRAMES))]
+            rows.append((hate.format(g=g, c=claim), 1, cats.split(";"), "stance"))
+            rows.append((rebut.format(g=g, c=claim), 0, [], "stance"))
+    for t in STANCE_NON_GROUPS if claims_per_group else ():
+        for f in rng.choice(len(STANCE_NON_GROUP_FRAMES), 2, replace=False):
+            rows.append((STANCE_NON_GROUP_FRAMES[f].format(t=t), 0, [], "stance"))
+    for civil, abusive, cats in REPLIES if replies else ():
+        rows.append((civil, 0, [], "replies"))
+        rows.append((abusive, 1, cats.split(";"), "replies"))
     df = pd.DataFrame(rows, columns=["text", "label", "categories", "family"])
     return df.drop_duplicates("text").reset_index(drop=True)
 
 
-__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "FRAMES_PER_ACT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES",
-           "GROUP_REQUESTS", "GROUP_SAFE", "GROUP_SAFE_REQUESTS", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE",
-           "SENSES", "SENSE_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "contrast_texts"]
+__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "CLAIMS_PER_GROUP", "FRAMES_PER_ACT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES",
+           "GROUP_REQUESTS", "GROUP_SAFE", "GROUP_SAFE_REQUESTS", "REPLIES", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE",
+           "SENSES", "SENSE_FRAMES", "STANCE_CLAIMS", "STANCE_HATE_FRAMES", "STANCE_NON_GROUPS",
+           "STANCE_NON_GROUP_FRAMES", "STANCE_SAFE_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "WITH_REPLIES",
+           "contrast_texts"]

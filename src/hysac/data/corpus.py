@@ -25,9 +25,10 @@ source             group       rule
                                unsafe (harassment), capped at ``max_offensive``; ``neither`` → safe only when every
                                crowd vote said neither (a split vote is not reliably safe).
 ``contrast``       contrast    hand-written minimal pairs (:mod:`hysac.data.contrast`, with ``contrast``): the
-                               same trigger word, group of people, scene, written task, act or strong words safe in
-                               one text and unsafe in the other, so a word alone predicts nothing. Written for this corpus, in every fold of
-                               leave-one-source-out (it is not a source of the data folder).
+                               same trigger word, group of people, scene, written task, act, claim about a group
+                               or strong words safe in one text and unsafe in the other, so a word alone predicts
+                               nothing. Written for this corpus, in every fold of leave-one-source-out (it is not
+                               a source of the data folder).
 =================  ==========  ===================================================================================
 
 **Style augmentation.** A seeded share of safe captions / requests / tweets and of unsafe requests / moderation
@@ -49,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
-from hysac.data.contrast import FRAMES_PER_ACT, GROUP_REQUESTS, contrast_texts
+from hysac.data.contrast import CLAIMS_PER_GROUP, FRAMES_PER_ACT, GROUP_REQUESTS, WITH_REPLIES, contrast_texts
 from hysac.data.paths import resolve_data_file
 from hysac.data.tables import read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
@@ -101,6 +102,8 @@ class CorpusConfig:
     contrast: bool = True  # add the hand-written minimal pairs of hysac.data.contrast (source / group "contrast")
     contrast_group_requests: int = GROUP_REQUESTS  # hateful and respectful requests per group (contrast.GROUP_*_REQUESTS); 0: none
     contrast_acts: int = FRAMES_PER_ACT  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
+    contrast_stance: int = CLAIMS_PER_GROUP  # claims per group of the opt-in contrast family "stance" (contrast.STANCE_CLAIMS); 0: none
+    contrast_replies: bool = WITH_REPLIES  # add the opt-in contrast family "replies" (contrast.REPLIES)
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
 
     @classmethod
@@ -220,7 +223,8 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
         [["hate", "harassment"]] * len(hate) + [["harassment"]] * len(off) + [[]] * len(neither))
     if cfg.contrast:
         ct = contrast_texts(seed=cfg.seed, frames_per_act=cfg.contrast_acts,
-                            group_requests=cfg.contrast_group_requests)
+                            group_requests=cfg.contrast_group_requests, claims_per_group=cfg.contrast_stance,
+                            replies=cfg.contrast_replies)
         add(ct["text"], "contrast", ct["label"].to_numpy(), ct["categories"])
     df = pd.concat(rows, ignore_index=True)
     # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
