@@ -1,7 +1,8 @@
 """Redirection on a text gallery of every register, for one or more models (public API only: index + searcher).
 
     python scripts/redirect_report.py --model hysac-mini --model /path/to/other --out reports/hysac-mini/redirect
-    python scripts/redirect_report.py --model hysac-mini --margins=-0.03,-0.04,-0.05,-0.06,-0.07,-0.08 --out ...
+    python scripts/redirect_report.py --model hysac-mini --margins=-0.04,-0.05,-0.06,-0.07,-0.08,-0.09,-0.10,-0.12 \
+        --out ...
 
 Gallery: 3,000 train+val texts of the register corpus (both classes, every register; seeded). Queries: up to 300
 held-out unsafe and 300 held-out safe test texts. For each model:
@@ -15,10 +16,12 @@ held-out unsafe and 300 held-out safe test texts. For each model:
 
 With ``--margins``, the first model's redirect radius (``traversal: {rule: bound, margin: m}``, radius =
 S.up_95 + m; the model's ``trigger`` is kept) is chosen on **validation** queries before any test query is looked at: gallery 3,000 train texts,
-queries up to 300 unsafe and 300 safe validation texts; the rule (:func:`pick_margin`) takes the margin with the most
-unsafe validation queries redirected to a safe top-1 among those that keep at least 95 % of safe validation queries'
-top-1 (the shallowest margin if none does). The test table then shows every margin of the grid, the chosen one
-marked; put the chosen margin in the training config so the exported model carries it.
+queries up to 300 unsafe and 300 safe validation texts; the rule (:func:`pick_margin`): among margins that keep at
+least 95 % of safe validation queries' top-1, the **shallowest** that sends at least 95 % of unsafe validation queries
+to a safe top-1 (the issue's targets). Deeper radii trade the query's topic for safety (the counterpart's share in the
+top 10 falls with depth), so the shallowest radius that meets the target keeps the most topic. If no margin meets
+it, the one with the most unsafe queries sent to a safe top-1. The test table then shows every margin of the grid,
+the chosen one marked; put the chosen margin in the training config so the exported model carries it.
 
 Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -55,15 +58,23 @@ def corpus_sets(seed: int = 0, split: str = "test"):
     return gal, unsafe_q, safe_q, register_key
 
 
+#: the targets: safe queries that keep their top-1, unsafe queries sent to a safe top-1
 KEEP_TARGET = 0.95
+SAFE_TARGET = 0.95
 
 
 def pick_margin(rows: list[dict]) -> float:
-    """The margin (``row["margin"]``) with the highest unsafe → safe top-1 among rows keeping at least
-    ``KEEP_TARGET`` of safe queries' top-1 (ties: the shallower margin); the shallowest margin if none does."""
+    """The redirect margin (``row["margin"]``) for the model: among rows keeping at least ``KEEP_TARGET`` of safe
+    queries' top-1, the **shallowest** one that sends at least ``SAFE_TARGET`` of unsafe queries to a safe top-1
+    (deeper radii trade the query's topic for safety, so the shallowest that meets the target keeps the most topic);
+    if none meets it, the one with the most unsafe queries sent to a safe top-1 (ties: the shallower); the
+    shallowest margin if none keeps ``KEEP_TARGET``."""
     ok = [r for r in rows if r["safe_keep_top1"] >= KEEP_TARGET]
     if not ok:
         return max(r["margin"] for r in rows)
+    meet = [r for r in ok if r["unsafe_safe_top1_redirect"] >= SAFE_TARGET]
+    if meet:
+        return max(r["margin"] for r in meet)
     return max(ok, key=lambda r: (r["unsafe_safe_top1_redirect"], r["margin"]))["margin"]
 
 
@@ -107,29 +118,35 @@ def measure(name: str, gal, unsafe_q, safe_q, partner: np.ndarray | None,
             w.writerows((e.text, e.source, e.label, i) for i, e in enumerate(gal))
         build_index(Path(tmp) / "gallery.csv", Path(tmp) / "idx", model, progress=False)
         with open_searcher(Path(tmp) / "idx", model) as s:
+            plain = _plain(s, gal, unsafe_q, safe_q, partner)  # the margin moves nothing without redirect
             for margin in margins or [None]:
                 t0 = time.time()
                 model.traversal = own if margin is None else {**own, "rule": "bound", "margin": float(margin)}
-                row = _score(s, gal, unsafe_q, safe_q, partner)
+                row = _score(s, gal, unsafe_q, safe_q, partner, plain)
                 out.append({"model": name, "margin": own.get("margin") if margin is None else float(margin),
                             "traversal": dict(model.traversal), **row, "seconds": round(time.time() - t0, 1)})
     return out
 
 
-def _score(s, gal, unsafe_q, safe_q, partner: np.ndarray | None) -> dict:
+def _plain(s, gal, unsafe_q, safe_q, partner: np.ndarray | None) -> tuple[list[list[dict]], list]:
+    """Search without redirect: the unsafe queries' ranked hits (the whole gallery when topic ranks are measured)
+    and the safe queries' results."""
+    k = len(gal) if partner is not None else 1
+    off = s.search_text([e.text for e in unsafe_q], mode="off", k=k)
+    return [r.to_dict()["results"] for r in off], s.search_text([e.text for e in safe_q], mode="off", k=1)
+
+
+def _score(s, gal, unsafe_q, safe_q, partner: np.ndarray | None, plain) -> dict:
     n_safe = sum(e.label == 0 for e in gal)
-    uq = [e.text for e in unsafe_q]
-    red = s.search_text(uq, mode="redirect", k=len(gal) if partner is not None else 1)
-    off = s.search_text(uq, mode="off", k=1)
-    sq = [e.text for e in safe_q]
-    safe_off = s.search_text(sq, mode="off", k=1)
-    safe_red = s.search_text(sq, mode="redirect", k=1)
+    red = s.search_text([e.text for e in unsafe_q], mode="redirect", k=len(gal) if partner is not None else 1)
+    off_rows, safe_off = plain
+    safe_red = s.search_text([e.text for e in safe_q], mode="redirect", k=1)
 
     red_rows = [r.to_dict()["results"] for r in red]
     row = {
         "gallery": len(gal), "gallery_safe": n_safe, "unsafe_queries": len(unsafe_q), "safe_queries": len(safe_q),
         "unsafe_safe_top1_redirect": float(np.mean([label(rows[0]) == 0 for rows in red_rows])),
-        "unsafe_safe_top1_off": float(np.mean([label(r.to_dict()["results"][0]) == 0 for r in off])),
+        "unsafe_safe_top1_off": float(np.mean([label(rows[0]) == 0 for rows in off_rows])),
         "safe_keep_top1": float(np.mean([a.to_dict()["results"][0]["text"] == b.to_dict()["results"][0]["text"]
                                          for a, b in zip(safe_off, safe_red)])),
     }
@@ -137,19 +154,27 @@ def _score(s, gal, unsafe_q, safe_q, partner: np.ndarray | None) -> dict:
         return row
     rng = np.random.default_rng(1)
     safe_ids = [i for i, e in enumerate(gal) if e.label == 0]
-    ranks, chance = [], []
-    for rows, p in zip(red_rows, partner):
-        safe_order = [int(h["metadata"]["gid"]) for h in rows if label(h) == 0]
-        pos = {g: i + 1 for i, g in enumerate(safe_order)}
+    ranks, chance, ranks_off = [], [], []
+    for rows, rows_off, p in zip(red_rows, off_rows, partner):
+        pos = _safe_positions(rows)
         if p >= 0 and int(p) in pos:
             ranks.append(pos[int(p)])
             chance.append(pos.get(int(rng.choice(safe_ids)), n_safe))
-    ranks_a, chance_a = np.array(ranks), np.array(chance)
+            ranks_off.append(_safe_positions(rows_off).get(int(p), n_safe))
+    ranks_a, chance_a, off_a = np.array(ranks), np.array(chance), np.array(ranks_off)
     return {**row,
             "counterpart_rank_median": float(np.median(ranks_a)),
             "counterpart_in_top10": float(np.mean(ranks_a <= 10)),
+            "counterpart_rank_median_off": float(np.median(off_a)),
+            "counterpart_in_top10_off": float(np.mean(off_a <= 10)),
             "random_safe_rank_median": float(np.median(chance_a)),
             "random_safe_in_top10": float(np.mean(chance_a <= 10))}
+
+
+def _safe_positions(rows: list[dict]) -> dict[int, int]:
+    """Gallery id → 1-based rank among the safe hits of one ranked result list."""
+    safe_order = [int(h["metadata"]["gid"]) for h in rows if label(h) == 0]
+    return {g: i + 1 for i, g in enumerate(safe_order)}
 
 
 def label(hit) -> int:
@@ -173,27 +198,32 @@ def to_markdown(rows: list[dict], val_rows: list[dict] | None = None, chosen: fl
         v0 = val_rows[0]
         lines += ["## The redirect radius, chosen on validation queries", "",
                   f"Gallery: {v0['gallery']} training texts ({v0['gallery_safe']} safe); {v0['unsafe_queries']} unsafe "
-                  f"and {v0['safe_queries']} safe validation queries. Radius = S.up_95 + margin. Rule: the most "
-                  f"unsafe queries sent to a safe top-1 among margins that keep at least {KEEP_TARGET:.0%} of safe "
-                  f"queries' top-1. **Chosen: {chosen:+.2f}.** No test query was looked at to choose it.", "",
-                  "| margin | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |",
-                  "|---|---|---|---|"]
+                  f"and {v0['safe_queries']} safe validation queries. Radius = S.up_95 + margin. Rule: among "
+                  f"margins that keep at least {KEEP_TARGET:.0%} of safe queries' top-1, the shallowest that sends "
+                  f"at least {SAFE_TARGET:.0%} of unsafe queries to a safe top-1 (deeper radii cost topic: the "
+                  "unsafe query's safe counterpart falls out of the top 10 safe results). "
+                  f"**Chosen: {chosen:+.2f}.** No test query was looked at to choose it.", "",
+                  "| margin | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |"
+                  " counterpart in top 10 (redirect / off) |",
+                  "|---|---|---|---|---|"]
         for r in val_rows:
             mark = " ←" if r["margin"] == chosen else ""
             lines.append(f"| {r['margin']:+.2f}{mark} | {r['unsafe_safe_top1_redirect']:.1%} | "
-                         f"{r['unsafe_safe_top1_off']:.1%} | {r['safe_keep_top1']:.1%} |")
+                         f"{r['unsafe_safe_top1_off']:.1%} | {r['safe_keep_top1']:.1%} | "
+                         f"{r['counterpart_in_top10']:.0%} / {r['counterpart_in_top10_off']:.0%} |")
         lines += ["", "## Held-out test queries", ""]
     lines += [f"Gallery: {r0['gallery']} corpus texts ({r0['gallery_safe']} safe), {r0['unsafe_queries']} held-out "
               f"unsafe and {r0['safe_queries']} held-out safe queries. Topic: rank of the unsafe query's safe "
               "counterpart (same register, nearest in frozen MiniLM space) among the safe gallery texts after "
-              "redirect, against a random safe text.", "",
+              "redirect and without (off), against a random safe text.", "",
               "| model | unsafe → safe top-1 (redirect) | unsafe → safe top-1 (off) | safe keep top-1 |"
-              " counterpart rank, median (in top 10) | random safe item rank, median (in top 10) |",
-              "|---|---|---|---|---|---|"]
+              " counterpart rank, median (in top 10) | same, off | random safe item rank, median (in top 10) |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {_name(r, chosen)} | {r['unsafe_safe_top1_redirect']:.1%} | {r['unsafe_safe_top1_off']:.1%} | "
                      f"{r['safe_keep_top1']:.1%} | {r['counterpart_rank_median']:.0f} "
-                     f"({r['counterpart_in_top10']:.0%}) | {r['random_safe_rank_median']:.0f} "
+                     f"({r['counterpart_in_top10']:.0%}) | {r['counterpart_rank_median_off']:.0f} "
+                     f"({r['counterpart_in_top10_off']:.0%}) | {r['random_safe_rank_median']:.0f} "
                      f"({r['random_safe_in_top10']:.0%}) |")
     return "\n".join(lines) + "\n"
 
@@ -219,8 +249,8 @@ def main() -> None:
     args = ap.parse_args()
     val_rows, chosen = None, None
     if args.margins:
-        vg, vu, vs, _ = corpus_sets(split="val")
-        val_rows = measure(args.model[0], vg, vu, vs, None, args.margins)
+        vg, vu, vs, key = corpus_sets(split="val")
+        val_rows = measure(args.model[0], vg, vu, vs, counterparts(vg, vu, key), args.margins)
         chosen = pick_margin(val_rows)
     gal, unsafe_q, safe_q, register_key = corpus_sets()
     partner = counterparts(gal, unsafe_q, register_key)

@@ -580,8 +580,9 @@ def test_evaluation_encodes_through_the_model_api_with_one_base_cache(tmp_path):
 
 
 def test_redirect_report_margin_rule():
-    """scripts/redirect_report.py --margins: among margins that keep >= 95 % of safe queries' top-1, the one that
-    sends the most unsafe queries to a safe top-1 (ties: the shallower); the shallowest when none keeps 95 %."""
+    """scripts/redirect_report.py --margins: among margins that keep >= 95 % of safe queries' top-1, the shallowest
+    that sends >= 95 % of unsafe queries to a safe top-1 (deeper radii cost topic); when none does, the one that
+    sends the most (ties: the shallower); the shallowest when none keeps 95 %."""
     import importlib.util
     from pathlib import Path
 
@@ -593,8 +594,11 @@ def test_redirect_report_margin_rule():
     def row(m, red, keep):
         return {"margin": m, "unsafe_safe_top1_redirect": red, "safe_keep_top1": keep}
 
+    # -0.07 is the shallowest to reach 95 %; -0.09 sends more but moves further from the topic
+    rows = [row(-0.05, 0.933, 1.0), row(-0.07, 0.950, 0.997), row(-0.09, 0.970, 0.993), row(-0.11, 0.99, 0.94)]
+    assert rr.pick_margin(rows) == -0.07
     rows = [row(-0.03, 0.897, 0.990), row(-0.05, 0.920, 0.973), row(-0.06, 0.933, 0.950), row(-0.07, 0.943, 0.933)]
-    assert rr.pick_margin(rows) == -0.06
+    assert rr.pick_margin(rows) == -0.06  # none reaches 95 %: the most among those keeping 95 %
     assert rr.pick_margin([row(-0.04, 0.93, 0.96), row(-0.05, 0.93, 0.95)]) == -0.04  # a tie: the shallower
     assert rr.pick_margin([row(-0.04, 0.93, 0.90), row(-0.05, 0.95, 0.80)]) == -0.04  # none keeps 95 %
     assert rr._margins("-0.05,-0.03, -0.05") == [-0.03, -0.05]
