@@ -108,6 +108,8 @@ def run_demo(out: Path, model_name: str | None = None, n_emoji: int | None = 600
                     summary["queries"].setdefault(f"{gallery}:{q}", {})[mode] = [
                         it.get("text") or it.get("path") for it in items]
     summary["index"] = reports
-    echo("\n'!' marks results flagged unsafe. Indexes are reusable: hysac search --index "
-         f"{out / 'index-texts'} --text \"...\" --mode redirect")
+    echo("\n'!' marks results flagged unsafe. redirect pulls an unsafe query toward the safe region but keeps its "
+         "topic, so a gallery item very close to the query can stay on top; "
+         "redirect+filter also drops the unsafe hits.")
+    echo(f"Indexes are reusable: hysac search --index {out / 'index-texts'} --text \"...\" --mode redirect")
     return summary
