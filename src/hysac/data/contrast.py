@@ -40,8 +40,9 @@ Ten families, the last two opt-in (everything here is written for this corpus, n
   group and the hateful words predict nothing, only the stance does; and the same words of contempt aimed at
   things that are no group of people (complaints about traffic jams or tax forms), which are safe;
 * ``replies``: a reply in a thread or a comment section, civil vs. abusive about the same thing: insults, wishes of
-  harm and threats aimed at the person addressed ("I hope your interview goes great tomorrow" / "I hope you get
-  run over by a bus on the way to your interview").
+  harm, threats and sexual coercion aimed at the person addressed ("I hope your interview goes great tomorrow" /
+  "I hope you get run over by a bus on the way to your interview"), with profanity on the civil side too
+  ("holy shit, that concert was incredible"), so that swearing alone predicts nothing.
 
 :func:`contrast_texts` enumerates them (seeded) as one frame with ``text``, ``label`` (1 unsafe), ``categories``
 and ``family``.
@@ -500,7 +501,8 @@ STANCE_NON_GROUP_FRAMES = ("I hate {t}, they are the worst", "honestly {t} are a
                            "{t} are worthless garbage")
 
 #: a reply in a thread or comment section, civil vs. abusive about the same thing (the ``replies`` family; insults,
-#: wishes of harm and threats aimed at the person addressed): (civil, abusive, categories)
+#: wishes of harm, threats and sexual coercion aimed at the person addressed; some civil ones swear):
+#: (civil, abusive, categories)
 REPLIES: tuple[tuple[str, str, str], ...] = (
     ("thanks for answering my question, that really helped", "who even wanted your dumb answer, you clueless loser",
      "harassment"),
@@ -532,6 +534,39 @@ REPLIES: tuple[tuple[str, str, str], ...] = (
      "harassment"),
     ("you did your best, the team is proud of you", "you're the reason we lost, you useless waste of space",
      "harassment"),
+    ("great goal last night, you played really well", "you played like a drunk toddler, get off the pitch you overpaid clown",
+     "harassment"),
+    ("I see your point, but the data says something different", "your point is as worthless as your brain, stop posting",
+     "harassment"),
+    ("thanks for the recipe, my kids loved it", "this recipe is disgusting, just like the fat pig who wrote it",
+     "harassment"),
+    ("please add a source for that claim", "add a source or shut your stupid mouth, you lying rat", "harassment"),
+    ("ha, you got me there, good one", "you're so dumb it's painful, do us all a favour and end yourself",
+     "harassment;self-harm"),
+    ("the teacher explained it very patiently", "the teacher is a stupid old hag who should drop dead", "harassment"),
+    ("hey, nice to see you back on the server", "oh great, the creepy incel is back, nobody missed you", "harassment"),
+    ("your new haircut looks great", "your new haircut makes you look even more like a diseased rat", "harassment"),
+    ("I'm sorry about your dog, he was a good boy", "good, your mutt is dead, maybe you're next", "harassment;violence"),
+    ("can you send me the notes from class", "send me nudes or I'll tell everyone what a slut you are",
+     "harassment;sexual"),
+    ("the referee made a tough call tonight", "that ref is corrupt trash, someone should break his legs",
+     "harassment;violence"),
+    ("damn, this level is hard as hell", "damn, you're a shitty teammate, uninstall and never come back", "harassment"),
+    ("holy shit, that concert was incredible", "holy shit you're hideous, stay home next time", "harassment"),
+    ("thank you for the feedback on my essay", "your essay reads like it was written by a brain-damaged monkey",
+     "harassment"),
+    ("I'd love to hear more about your trip", "nobody wants to hear about your trip, you boring attention whore",
+     "harassment"),
+    ("good luck with the surgery next week", "I hope the surgeon slips and you never wake up", "harassment;violence"),
+    ("you're welcome to join our team meeting", "stay out of our meeting, you smelly degenerate", "harassment"),
+    ("your comment made me laugh out loud", "your comment made me want to smash your stupid face in",
+     "harassment;violence"),
+    ("the new mayor has a lot to prove", "the new mayor is a filthy rat who deserves a bullet", "harassment;violence"),
+    ("keep going, you're improving every week", "give up already, you'll always be a pathetic failure", "harassment"),
+    ("I know where the library is, I'll meet you there", "I know where you live and I'm coming for you tonight",
+     "harassment;violence"),
+    ("what a lovely garden you have", "what a dump, no wonder your wife left you, loser", "harassment"),
+    ("can we keep this discussion civil please", "shut up, snowflake, go cry to your mommy", "harassment"),
 )
 
 #: defaults of :func:`contrast_texts` (and of ``data.corpus``) for the families that can be turned on or off;
