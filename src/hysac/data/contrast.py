@@ -596,6 +596,11 @@ def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
     return [items[i] for i in np.sort(rng.choice(len(items), n, replace=False))]
 
 
+def _pair_rows(pairs, family: str) -> list[tuple[str, int, list[str], str]]:
+    """Rows of a table of fixed (safe, unsafe, "cat;cat") pairs: the safe text (0) then the unsafe one (1)."""
+    return [row for safe, unsafe, cats in pairs for row in ((safe, 0, [], family), (unsafe, 1, cats.split(";"), family))]
+
+
 def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6, scenes: int = 500,
                    frames_per_request: int = 4, leads_per_task: int = 3, frames_per_act: int = FRAMES_PER_ACT,
                    group_requests: int = GROUP_REQUESTS, claims_per_group: int = CLAIMS_PER_GROUP,
@@ -639,9 +644,7 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
         for f in rng.choice(len(ACT_FRAMES), frames_per_act, replace=False):  # the same frames on both sides
             rows.append((ACT_FRAMES[f].format(a=harmless), 0, [], "acts"))
             rows.append((ACT_FRAMES[f].format(a=harmful), 1, cats.split(";"), "acts"))
-    for safe, unsafe, cats in CHAT:
-        rows.append((safe, 0, [], "chat"))
-        rows.append((unsafe, 1, cats.split(";"), "chat"))
+    rows += _pair_rows(CHAT, "chat")
     combos = list(itertools.product(SCENE_SUBJECTS, SCENE_PLACES))
     for label, contents in ((0, [(c, "") for c in SCENE_SAFE]), (1, list(SCENE_UNSAFE))):
         grid = [(s, p, c, cats) for (s, p), (c, cats) in itertools.product(combos, contents)]
@@ -658,9 +661,7 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
     for t in STANCE_NON_GROUPS if claims_per_group else ():
         for f in rng.choice(len(STANCE_NON_GROUP_FRAMES), 2, replace=False):
             rows.append((STANCE_NON_GROUP_FRAMES[f].format(t=t), 0, [], "stance"))
-    for civil, abusive, cats in REPLIES if replies else ():
-        rows.append((civil, 0, [], "replies"))
-        rows.append((abusive, 1, cats.split(";"), "replies"))
+    rows += _pair_rows(REPLIES if replies else (), "replies")
     df = pd.DataFrame(rows, columns=["text", "label", "categories", "family"])
     return df.drop_duplicates("text").reset_index(drop=True)
 
