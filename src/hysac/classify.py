@@ -49,8 +49,8 @@ class Classification:
 def read_text_lines(path: str | Path, max_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str | None]]:
     """Read one input per line. Returns (text or raw repr, error or None) per line; bad lines get an error naming
     ``file:line``: empty, not UTF-8, longer than ``max_chars`` or with a control character
-    (:func:`hysac.inputs.text_problem`, what ``--text`` and the service refuse too). A file that is UTF-16 (it
-    starts with a byte-order mark) is refused as a whole."""
+    (:func:`hysac.inputs.text_problem`, what ``--text`` and the service refuse too). A file that is empty or UTF-16
+    (it starts with a byte-order mark) is refused as a whole."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"text file not found: {path}")
@@ -62,6 +62,8 @@ def read_text_lines(path: str | Path, max_chars: int = MAX_TEXT_CHARS) -> list[t
         raise InputError(f"text file {path} is UTF-16 (it starts with a byte-order mark); save it as UTF-8")
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not part of the first text
         data = data[3:]
+    if not data:
+        raise InputError(f"text file {path} is empty")
     out: list[tuple[str, str | None]] = []
     for i, raw in enumerate(data.splitlines(), start=1):
         try:
