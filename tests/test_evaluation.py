@@ -602,3 +602,28 @@ def test_redirect_report_margin_rule():
     assert rr.pick_margin([row(-0.04, 0.93, 0.96), row(-0.05, 0.93, 0.95)]) == -0.04  # a tie: the shallower
     assert rr.pick_margin([row(-0.04, 0.93, 0.90), row(-0.05, 0.95, 0.80)]) == -0.04  # none keeps 95 %
     assert rr._margins("-0.05,-0.03, -0.05") == [-0.03, -0.05]
+
+
+def test_register_thresholds_report_rates_use_each_texts_threshold():
+    """scripts/register_thresholds.py: FPR / TPR with one threshold for every text and with a threshold per text
+    (the register guessed for it), 'score > threshold' as the model decides; a class with no texts has no rate."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "register_thresholds", Path(__file__).resolve().parents[1] / "scripts" / "register_thresholds.py")
+    rt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rt)
+
+    scores = np.array([0.10, 0.20, 0.30, 0.25, 0.35])
+    labels = np.array([0, 0, 0, 1, 1])
+    one = rt._rates(scores, labels, 0.30)  # 0.30 itself is not above the threshold
+    assert one == {"n_safe": 3, "n_unsafe": 2, "fpr": 0.0, "tpr": 0.5}
+    per = rt._rates(scores, labels, np.array([0.30, 0.15, 0.30, 0.20, 0.40]))
+    assert per["fpr"] == 1 / 3 and per["tpr"] == 0.5
+    assert "tpr" not in rt._rates(scores[:3], labels[:3], 0.2)
+    report = {"model": "m", "model_id": "m@1", "date": "2026-12-07", "machine": "x86_64, 2 cores", "threshold": 0.3,
+              "register_thresholds": {"prompts": 0.2}, "register_accuracy_test": 0.9,
+              "test": {"prompts": {"one": one, "per_register": per}}}
+    md = rt.to_markdown(report)
+    assert "| prompts | 3 / 2 | 0.0 % / 33.3 % | 50.0 % / 50.0 % |" in md and "--probes" not in md
