@@ -80,7 +80,8 @@ def run(model_name: str, probes: Path | None) -> dict:
     tr = parts["train"]
     groups = np.array([source_group(str(s)) for s in tr["source"]])
     keep = np.isin(groups, GROUPS)
-    weight = np.array([1.0 / (groups[keep] == g).sum() for g in groups[keep]]) * keep.sum()
+    _, inv, counts = np.unique(groups[keep], return_inverse=True, return_counts=True)
+    weight = keep.sum() / counts[inv]  # every source group weighs the same, in total as many as the texts
     clf = LogisticRegression(max_iter=3000).fit(tr["dir"][keep], groups[keep], sample_weight=weight)
 
     v = parts["val"]
