@@ -30,8 +30,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from hysac import HySAC
-from hysac.data.corpus import register_key, register_splits, source_group
+from hysac.data.corpus import register_key, source_group
 from hysac.pretrained import resolve
+from hysac.train.data import text_splits
 from hysac.train.trainer import parse_rate_spec
 
 GROUPS = ("prompts", "captions", "requests", "moderation", "tweets")
@@ -64,10 +65,9 @@ def run(model_name: str, probes: Path | None) -> dict:
     if not cfg_path.is_file():
         raise SystemExit(f"--model {model_name}: no training_config.json in {cfg_path.parent}")
     cfg = json.loads(cfg_path.read_text())
-    d = cfg["data"]
-    train, val, test = register_splits({"data_dir": d.get("data_dir"), "seed": int(cfg["seed"]),
-                                        "val_fraction": d["val_fraction"], "test_fraction": d["test_fraction"],
-                                        **dict(d.get("corpus") or {})})
+    if cfg["data"].get("corpus") is None:
+        raise SystemExit(f"--model {model_name}: not trained on the register corpus (data.corpus)")
+    train, val, test = text_splits(cfg)
     rates = parse_rate_spec(str(cfg["threshold_criterion"]).split("@", 1)[-1])
     strictest = min(rates.values())
     th_model = model.unsafe_threshold("text")

@@ -160,23 +160,32 @@ def _pair_by_register(unsafe, safe, u_feats, s_feats, pair_nearest) -> np.ndarra
     return out
 
 
-def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"]) -> TrainData:
-    """I2P + COCO captions + safe art prompts (``../shared/data``) and images (:func:`offline_image_splits`).
-
-    ``text_features(texts) -> (N, d)`` is the frozen text space used to pair prompts with safe captions.
-    """
-    from ..data import text_safety_splits
-
+def text_splits(cfg: dict):
+    """The train/val/test text splits of an offline training config (``data``, ``seed``): every register of the
+    corpus (:func:`hysac.data.corpus.register_splits`) when ``data.corpus`` is set, else I2P + COCO + safe art.
+    Training, ``--dry-run`` and the reports that rebuild a model's splits from its ``training_config.json`` all
+    call this, so their splits agree."""
     d = cfg["data"]
     seed = int(cfg["seed"])
     if d.get("corpus") is not None:  # every register, both classes in each (hysac.data.corpus)
         from ..data.corpus import register_splits
 
-        splits = register_splits({"data_dir": d.get("data_dir"), "seed": seed, "val_fraction": d["val_fraction"],
-                                  "test_fraction": d["test_fraction"], **dict(d["corpus"] or {})})
-    else:
-        splits = text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
-                                    test_fraction=d["test_fraction"])
+        return register_splits({"data_dir": d.get("data_dir"), "seed": seed, "val_fraction": d["val_fraction"],
+                                "test_fraction": d["test_fraction"], **dict(d["corpus"] or {})})
+    from ..data import text_safety_splits
+
+    return text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
+                              test_fraction=d["test_fraction"])
+
+
+def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"]) -> TrainData:
+    """I2P + COCO captions + safe art prompts (``../shared/data``) and images (:func:`offline_image_splits`).
+
+    ``text_features(texts) -> (N, d)`` is the frozen text space used to pair prompts with safe captions.
+    """
+    d = cfg["data"]
+    seed = int(cfg["seed"])
+    splits = text_splits(cfg)
     cap = d.get("max_per_source")
 
     def capped(examples):
@@ -358,16 +367,7 @@ def preflight(cfg: dict) -> dict:
                 raise InputError(f"data.{key}: {d[key]} does not exist")
         return out
     seed = int(cfg["seed"])
-    if d.get("corpus") is not None:
-        from ..data.corpus import register_splits
-
-        splits = register_splits({"data_dir": d.get("data_dir"), "seed": seed, "val_fraction": d["val_fraction"],
-                                  "test_fraction": d["test_fraction"], **dict(d["corpus"] or {})})
-    else:
-        from ..data import text_safety_splits
-
-        splits = text_safety_splits(d.get("data_dir"), seed=seed, val_fraction=d["val_fraction"],
-                                    test_fraction=d["test_fraction"])
+    splits = text_splits(cfg)
     out["data"]["texts"] = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
     images = {"openmoji": f"rendered at {d['openmoji_size']} px"}
     if d.get("clipart"):
