@@ -162,3 +162,19 @@ def test_cli_passes_the_reference_and_its_label(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["eval", "--loso", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
                                    "--no-baselines", "--baseline", "safe-clip"])
     assert res.exit_code != 0 and "contradict" in res.output and "Traceback" not in res.output
+
+
+def test_budget_tpr_is_the_best_threshold_on_the_held_out_texts_and_reaches_the_report():
+    """Ten safe scores 0..0.9 and four unsafe (0.35, 0.55, 0.85, 0.95). A 10 % FPR budget allows one safe text
+    above the threshold: θ = 0.8 flags 0.9 (FPR 0.1) and the unsafe 0.85 and 0.95, so the best TPR is 2 / 4,
+    while the own threshold 0.92 catches only 0.95."""
+    scores = np.r_[np.arange(10) / 10, [0.35, 0.55, 0.85, 0.95]]
+    labels = np.r_[np.zeros(10, int), np.ones(4, int)]
+    row = operating_point(scores, labels, 0.92, budget=0.10)
+    assert row["tpr"] == pytest.approx(0.25) and row["tpr_at_budget"] == pytest.approx(0.5)
+    assert row["fpr_budget"] == 0.10
+    assert "tpr_at_budget" not in operating_point(scores, labels, 0.92)
+    assert "tpr_at_budget" not in operating_point(scores[:10], labels[:10], 0.92, budget=0.10)  # no unsafe text
+    md = to_markdown({"date": "2026-12-07", "machine": "x86_64, 2 cores", "train_config": "c.yaml",
+                      "folds": [{"group": "requests", "hysac": row}]})
+    assert "| requests | 10% | 0.250 → 0.500 |" in md

@@ -16,6 +16,11 @@ FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and o
 * ``profanity-check`` — ``alt-profanity-check`` at 0.5;
 * ``hysac-mini`` — the shipped model at its own threshold (it was trained on some of these sources).
 
+**Ranking or threshold?** Beside each operating point, the TPR the same scores reach at the held-out group's FPR
+budget (:data:`FPR_BUDGET`: 5 % for prompts and captions, 10 % for requests, moderation and tweets) with the
+threshold fitted on the held-out texts themselves. No threshold rule can beat it, so where it too falls short of a
+recall target the ranking, not the threshold, is what misses.
+
 **Retrieval with redirection** on the held-out group (groups with both classes): a gallery of up to
 :data:`RETRIEVAL_GALLERY_PER_CLASS` safe and as many unsafe texts of the group, and up to :data:`RETRIEVAL_QUERIES`
 unsafe and as many safe query texts of the group, disjoint from the gallery (seeded). Register cannot win a safe
@@ -44,6 +49,8 @@ from ..errors import InputError
 GROUP_ORDER = ("prompts", "captions", "requests", "moderation", "tweets")
 #: the methods scored beside the recipe in every fold (``run_loso(baselines=...)``, ``--baseline``)
 BASELINES = ("euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
+#: the FPR each held-out group may spend on its safe texts (the targets of the leave-one-source-out protocol)
+FPR_BUDGET = {"prompts": 0.05, "captions": 0.05, "requests": 0.10, "moderation": 0.10, "tweets": 0.10}
 RETRIEVAL_GALLERY_PER_CLASS = 750
 RETRIEVAL_QUERIES = 200
 
@@ -105,8 +112,10 @@ def _cosine(q, g):
     return F.normalize(q.float(), dim=-1) @ F.normalize(g.float(), dim=-1).T
 
 
-def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """FPR / TPR at ``threshold`` (score > threshold = unsafe) and AUROC where both classes are present."""
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float,
+                    budget: float | None = None) -> dict[str, Any]:
+    """FPR / TPR at ``threshold`` (score > threshold = unsafe) and AUROC where both classes are present; with an FPR
+    ``budget`` also ``tpr_at_budget``: the largest TPR of any threshold whose FPR on these texts is ``<= budget``."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
     row: dict[str, Any] = {"n_safe": int((labels == 0).sum()), "n_unsafe": int((labels == 1).sum()),
                            "threshold": float(threshold)}
@@ -117,6 +126,9 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         row["tpr"] = float(conf["tpr"])
     if row["n_safe"] and row["n_unsafe"]:
         row["auroc"] = float(M.auroc(scores, labels))
+        if budget is not None:
+            row["fpr_budget"] = float(budget)
+            row["tpr_at_budget"] = float(M.tpr_at_fpr(scores, labels, budget))
     return row
 
 
@@ -131,7 +143,8 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     test = trainer.data.test
     out: dict[str, Any] = {"group": group, "sources": sorted({str(s) for s in test.text_source})}
     y = test.text_label
-    out["hysac"] = operating_point(trainer._text_scores("test"), y, trainer.model.unsafe_threshold("text"))
+    budget = FPR_BUDGET.get(group)
+    out["hysac"] = operating_point(trainer._text_scores("test"), y, trainer.model.unsafe_threshold("text"), budget)
     texts = [trainer.data.texts[i] for i in test.text_idx]
     spec = str(cfg.get("threshold_criterion", "register_fpr@0.05")).split("@", 1)[-1]
     base = trainer.feat.text_cache  # None when the text tower trains: no frozen features to probe
@@ -154,16 +167,16 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     if "euclidean-probe" in baselines and base is None:
         out["euclidean-probe"] = {"skipped": "the text tower trains in this config (no frozen base features)"}
     elif "euclidean-probe" in baselines:
-        out["euclidean-probe"] = _probe_point(trainer, feats, spec)
+        out["euclidean-probe"] = _probe_point(trainer, feats, spec, budget)
     if "safe-clip" in baselines:
-        out["safe-clip"], sc = _safeclip_point(cfg, trainer, spec, log)
+        out["safe-clip"], sc = _safeclip_point(cfg, trainer, spec, log, budget)
         if sets is not None:
             retrieval["safe-clip"] = redirect_point(lambda pos: sc.embed_pool("text", pool[pos]), _cosine, sets, y)
     if "profanity-check" in baselines:
         from .baselines import profanity_scores
 
         try:
-            out["profanity-check"] = operating_point(profanity_scores(texts), y, 0.5)
+            out["profanity-check"] = operating_point(profanity_scores(texts), y, 0.5, budget)
         except InputError as e:
             out["profanity-check"] = {"skipped": str(e)}
     if "hysac-mini" in baselines:
@@ -173,7 +186,7 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
         with torch.no_grad():
             emb = shipped.encode_text(texts)
             scores = shipped.score(emb).numpy()
-        out["hysac-mini"] = operating_point(scores, y, shipped.unsafe_threshold("text"))
+        out["hysac-mini"] = operating_point(scores, y, shipped.unsafe_threshold("text"), budget)
         if sets is not None:
             sim, move = _hyperbolic(shipped)
             retrieval["hysac-mini"] = redirect_point(lambda pos: emb[torch.as_tensor(pos)], sim, sets, y, move)
@@ -182,7 +195,8 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     return out
 
 
-def _probe_point(trainer, feats: Callable[[np.ndarray], np.ndarray], spec: str) -> dict[str, Any]:
+def _probe_point(trainer, feats: Callable[[np.ndarray], np.ndarray], spec: str,
+                 budget: float | None = None) -> dict[str, Any]:
     """A logistic probe on ``feats(pool indices)``: fitted on the fold's training texts (weighted as the sampler
     draws them), thresholded by the config's per-register rule on its validation texts, scored on its test texts."""
     from ..train.trainer import register_threshold
@@ -196,10 +210,11 @@ def _probe_point(trainer, feats: Callable[[np.ndarray], np.ndarray], spec: str) 
     probe = LinearProbe().fit(np.concatenate([feats(safe.rows[:, 0]), feats(unsafe.rows[:, 2])]),
                               np.r_[np.zeros(len(safe.rows)), np.ones(len(unsafe.rows))], sample_weight=weight)
     th = register_threshold(probe.score(feats(val.text_idx)), val.text_label, val.text_source, spec)
-    return operating_point(probe.score(feats(test.text_idx)), test.text_label, th)
+    return operating_point(probe.score(feats(test.text_idx)), test.text_label, th, budget)
 
 
-def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None],
+                    budget: float | None = None) -> tuple[dict[str, Any], Any]:
     """Train the fold with the Safe-CLIP objective (in ``<out_dir>-safeclip``) and probe its text embeddings:
     (operating point, its trainer)."""
     import copy
@@ -218,7 +233,7 @@ def _safeclip_point(cfg: dict, trainer, spec: str, log: Callable[[str], None]) -
 
     if trainer.data.texts != sc.data.texts:  # same corpus and fold: the pools must agree index for index
         raise InputError("loso: the Safe-CLIP fold built a different text pool")
-    return _probe_point(trainer, feats, spec), sc
+    return _probe_point(trainer, feats, spec, budget), sc
 
 
 def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | None = None,
@@ -288,6 +303,24 @@ def to_markdown(report: dict[str, Any]) -> str:
         h = f["hysac"]
         lines.append(f"| {f['group']} | {h['n_safe']} / {h['n_unsafe']} | "
                      + " | ".join(cell(f.get(m)) for m in methods) + " |")
+    budgeted = [f for f in report["folds"] if "tpr_at_budget" in f["hysac"]]
+    if budgeted:
+        lines += ["", "## Ranking or threshold?", "",
+                  "TPR on the held-out group's unsafe texts at each method's own threshold → the largest TPR any "
+                  "threshold reaches while the group's own FPR stays within its budget (that threshold fitted on the "
+                  "held-out texts themselves, so no threshold rule can beat it; it is the lower figure where the own "
+                  "threshold spends more FPR than the budget). Where the second figure misses a recall target too, "
+                  "the ranking is what misses, not the threshold.", "",
+                  "| held out | FPR budget | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+
+        def bcell(row: dict | None) -> str:
+            if not row or "tpr_at_budget" not in row:
+                return "n/a"
+            return f"{row['tpr']:.3f} → {row['tpr_at_budget']:.3f}"
+
+        for f in budgeted:
+            lines.append(f"| {f['group']} | {f['hysac']['fpr_budget']:.0%} | "
+                         + " | ".join(bcell(f.get(m)) for m in methods) + " |")
     folds = [f for f in report["folds"] if f.get("retrieval")]
     if folds:
         rmethods = [m for m in ("frozen", "hysac", "hysac-move-all", "safe-clip", "hysac-mini")
@@ -318,4 +351,4 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BASELINES", "GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
+__all__ = ["BASELINES", "FPR_BUDGET", "GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
