@@ -109,6 +109,25 @@ def test_leave_out_config_makes_the_group_the_test_split(monkeypatch):
     with pytest.raises(InputError, match="leave_out"):
         C.register_splits({"leave_out": "nonsense", "style_fraction": 0.0})
 
+    # a few of the group back in training and validation; the test set is the group's own test split, the same
+    # texts for every k, and disjoint from what trains
+    whole = C.register_splits({"style_fraction": 0.0})
+    group_test = {e.text for e in whole.test if C.source_group(e.source) == "requests"}
+    for k in (0, 3):
+        few = C.register_splits({"leave_out": "requests", "leave_out_keep": k, "style_fraction": 0.0})
+        assert {e.text for e in few.test} == group_test
+        for part, full in ((few.train, whole.train), (few.val, whole.val)):
+            mine = [e for e in part if C.source_group(e.source) == "requests"]
+            assert sorted(e.label for e in mine) == [0] * min(k, sum(1 for e in full if e.source == "harmful"
+                                                                    and e.label == 0)) + [1] * k
+            assert len([e for e in part if C.source_group(e.source) != "requests"]) == \
+                len([e for e in full if C.source_group(e.source) != "requests"])
+        assert not {e.text for e in few.train + few.val} & group_test
+    with pytest.raises(InputError, match="leave_out_keep"):
+        C.register_splits({"leave_out": "requests", "leave_out_keep": -1, "style_fraction": 0.0})
+    with pytest.raises(InputError, match="only with data.corpus.leave_out"):
+        C.register_splits({"leave_out_keep": 3, "style_fraction": 0.0})
+
 
 def test_contrast_pairs_share_their_words_across_classes():
     """Every trigger verb and every named group occurs in both classes, so the word alone predicts nothing; the

@@ -627,3 +627,29 @@ def test_register_thresholds_report_rates_use_each_texts_threshold():
               "test": {"prompts": {"one": one, "per_register": per}}}
     md = rt.to_markdown(report)
     assert "| prompts | 3 / 2 | 0.0 % / 33.3 % | 50.0 % / 50.0 % |" in md and "--probes" not in md
+
+
+def test_loso_curve_report_table_and_plot(tmp_path):
+    """scripts/loso_curve.py: one row per (group, k) with the fold's FPR / TPR / AUROC and the best TPR within the
+    group's budget; the plot is written."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "loso_curve", Path(__file__).resolve().parents[1] / "scripts" / "loso_curve.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+
+    def point(tpr, best):
+        return {"n_safe": 300, "n_unsafe": 500, "threshold": 0.24, "fpr": 0.02, "tpr": tpr, "auroc": 0.9,
+                "tpr_at_budget": best}
+
+    report = {"date": "2026-12-07", "machine": "x86_64, 2 cores", "train_config": "c.yaml", "overrides": [],
+              "seconds": 600.0, "fpr_budget": {"requests": 0.1},
+              "rows": [{"group": "requests", "keep": k, "hysac": point(t, b), "euclidean-probe": point(t, b)}
+                       for k, t, b in ((0, 0.4, 0.7), (100, 0.8, 0.95))]}
+    md = lc.to_markdown(report)
+    assert "| requests (10% FPR budget) | 100 | 300 / 500 | 0.020 / 0.800 / 0.900 → 0.950 |" in md
+    assert md.count("| requests") == 2
+    lc.plot(report, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -105,6 +105,10 @@ class CorpusConfig:
     contrast_stance: int = CLAIMS_PER_GROUP  # claims per group of the opt-in contrast family "stance" (contrast.STANCE_CLAIMS); 0: none
     contrast_replies: bool = WITH_REPLIES  # add the opt-in contrast family "replies" (contrast.REPLIES)
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
+    # with leave_out: None holds the whole group out; k >= 0 keeps k texts per class of the group's training split
+    # in training and k per class of its validation split in validation, and tests on the group's test split only
+    # (a learning curve over k shares one test set; k = 0 is the unseen-register point on that set)
+    leave_out_keep: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CorpusConfig":
@@ -312,8 +316,14 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
         if cfg.leave_out not in set(GROUPS.values()):
             raise InputError(f"data.corpus.leave_out: unknown source group {cfg.leave_out!r}; known: "
                              f"{sorted(set(GROUPS.values()))}")
-        keep, held = leave_out_group(splits, cfg.leave_out)
-        splits = TextSplits(keep.train, keep.val, held)
+        if cfg.leave_out_keep is None:
+            keep, held = leave_out_group(splits, cfg.leave_out)
+            return TextSplits(keep.train, keep.val, held)
+        if int(cfg.leave_out_keep) < 0:
+            raise InputError(f"data.corpus.leave_out_keep: must be >= 0 texts per class, got {cfg.leave_out_keep}")
+        splits = few_of_group(splits, cfg.leave_out, int(cfg.leave_out_keep))
+    elif cfg.leave_out_keep is not None:
+        raise InputError("data.corpus.leave_out_keep: only with data.corpus.leave_out (the group it keeps a few of)")
     return splits
 
 
@@ -336,5 +346,24 @@ def leave_out_group(splits: TextSplits, group: str) -> tuple[TextSplits, list[Te
     return keep, held
 
 
-__all__ = ["CorpusConfig", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "leave_out_group",
+def few_of_group(splits: TextSplits, group: str, k: int) -> TextSplits:
+    """``splits`` with only ``k`` texts per class of ``group`` left in training and ``k`` per class in validation
+    (the first of each, in the splits' seeded order), and only ``group``'s test-split texts as the test set. Styled
+    copies stay in their original's split, so no test text has a near-copy in training."""
+    def few(part: list[TextExample]) -> list[TextExample]:
+        taken = {0: 0, 1: 0}
+        out = []
+        for e in part:
+            if source_group(e.source) != group:
+                out.append(e)
+            elif taken[e.label] < k:
+                taken[e.label] += 1
+                out.append(e)
+        return out
+
+    return TextSplits(few(splits.train), few(splits.val),
+                      [e for e in splits.test if source_group(e.source) == group])
+
+
+__all__ = ["CorpusConfig", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "few_of_group", "leave_out_group",
            "load_register_sources", "register_key", "register_splits", "source_group", "unsafe_term_categories"]
