@@ -1,6 +1,8 @@
 """The register corpus (hysac.data.corpus) on the shared data: both classes in every register, the label-noise
 rules, styled copies beside their originals, and leave-one-source-group-out."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,3 +255,73 @@ def test_adding_a_source_does_not_reshuffle_the_others():
     for a, b in zip(with_pairs, without):
         assert {e.text for e in a if e.source != "contrast"} == {e.text for e in b}
     assert any(e.source == "contrast" for e in with_pairs.test)
+
+
+def _write_extra(path, rows, header="text,label,categories"):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header.split(","))
+        w.writerows(rows)
+    return path
+
+
+def test_load_extra_reads_labels_and_categories_and_names_its_register(tmp_path):
+    from hysac.data.corpus import load_extra
+
+    p = _write_extra(tmp_path / "My Forum.csv", [
+        ("thanks for the help, see you at the meetup", "safe", ""),
+        ("   ", "unsafe", ""),  # empty text: skipped
+        ("I will find where you live and hurt you", "unsafe", "violence; harassment"),
+        ("you are a worthless idiot", "1", ""),  # no category given: the unsafe-term rule finds harassment
+        ("the gig was killer last night", "0", "violence"),  # categories of a safe row are not used
+    ])
+    df, name = load_extra(p)
+    assert name == "extra:my-forum"
+    assert df["label"].tolist() == [0, 1, 1, 0]
+    assert df["categories"].tolist() == [[], ["harassment", "violence"], ["harassment"], []]  # canonical order
+
+
+def test_load_extra_refuses_bad_tables_naming_file_and_row(tmp_path):
+    from hysac.data.corpus import load_extra
+
+    cases = [
+        ([("a text", "maybe", "")], "text,label,categories", "row 1: label 'maybe' is neither safe nor unsafe"),
+        ([("ok", "safe", ""), ("a plain text", "unsafe", "")], "text,label,categories",
+         "row 2: unsafe text with no category"),
+        ([("a text", "unsafe", "rudeness")], "text,label,categories", "row 1: unknown category 'rudeness'"),
+        ([("a text", "safe")], "prompt,label", "missing column 'text'"),
+        ([("", "safe", "")], "text,label,categories", "no texts"),
+    ]
+    for k, (rows, header, message) in enumerate(cases):
+        p = _write_extra(tmp_path / f"bad{k}.csv", rows, header)
+        with pytest.raises(InputError, match=re.escape(message)) as e:
+            load_extra(p)
+        assert str(p) in str(e.value)
+    with pytest.raises(InputError, match="file not found"):
+        load_extra(tmp_path / "missing.csv")
+
+
+def test_extra_register_joins_the_splits_without_moving_the_others(tmp_path):
+    """An extra table is one source and group of its own: both classes in training, its own seeded splits, the
+    data folder's splits unchanged, and leave_out can hold it out."""
+    from hysac.data.corpus import register_splits, source_group
+
+    rows = [(f"our members asked about the schedule for week {i}", "safe", "") for i in range(40)]
+    rows += [(f"week {i}: I am going to stab the organiser", "unsafe", "violence") for i in range(40)]
+    p = _write_extra(tmp_path / "club.csv", rows)
+    base = {"max_coco": 800, "max_offensive": 400, "style_fraction": 0.0}
+    plain = register_splits(base)
+    with_extra = register_splits({**base, "extra": [str(p)]})
+    for a, b in zip(plain, with_extra):
+        assert {e.text for e in a} == {e.text for e in b if e.source != "extra:club"}
+    mine = [e for part in with_extra for e in part if e.source == "extra:club"]
+    assert len(mine) == 80 and source_group("extra:club") == "extra:club"
+    assert {e.label for e in with_extra.train if e.source == "extra:club"} == {0, 1}
+    held = register_splits({**base, "extra": str(p), "leave_out": "extra:club"})
+    assert {e.source for e in held.test} == {"extra:club"} and len(held.test) == 80
+    with pytest.raises(InputError, match="would both be the register 'extra:club'"):
+        register_splits({**base, "extra": [str(p), str(p)]})
+    with pytest.raises(InputError, match="data.corpus.extra: expected a path or a list of paths"):
+        register_splits({**base, "extra": {"a": 1}})

@@ -24,6 +24,8 @@ source             group       rule
 ``tweets``         tweets      ``hate`` → unsafe (hate); ``offensive`` (mostly profanity aimed at people) →
                                unsafe (harassment), capped at ``max_offensive``; ``neither`` → safe only when every
                                crowd vote said neither (a split vote is not reliably safe).
+``extra:<name>``   itself      the user's own labelled tables (``extra``: one source and one group per file,
+                               :func:`load_extra`): a register the data folder lacks, as labelled.
 ``contrast``       contrast    hand-written minimal pairs (:mod:`hysac.data.contrast`, with ``contrast``): the
                                same trigger word, group of people, scene, written task, act, claim about a group
                                or strong words safe in one text and unsafe in the other, so a word alone predicts
@@ -43,6 +45,7 @@ per source with ``seed``; :func:`leave_out_group` gives the leave-one-source-gro
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +107,9 @@ class CorpusConfig:
     contrast_acts: int = FRAMES_PER_ACT  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
     contrast_stance: int = CLAIMS_PER_GROUP  # claims per group of the opt-in contrast family "stance" (contrast.STANCE_CLAIMS); 0: none
     contrast_replies: bool = WITH_REPLIES  # add the opt-in contrast family "replies" (contrast.REPLIES)
+    # the user's own labelled tables (CSV / JSONL / ...: text, label safe|unsafe, categories of unsafe rows), each a
+    # source and a group of its own named "extra:<file stem>" (load_extra); a path or a list of paths
+    extra: tuple[str, ...] | list[str] | str = ()
     leave_out: str | None = None  # a source group held out: its texts are the test split, none train or validate
     # with leave_out: None holds the whole group out; k >= 0 keeps k texts per class of the group's training split
     # in training and k per class of its validation split in validation, and tests on the group's test split only
@@ -117,6 +123,12 @@ class CorpusConfig:
         bad = sorted(set(d) - known)
         if bad:
             raise InputError(f"data.corpus: unknown keys {bad}; known: {sorted(known)}")
+        extra = d.get("extra") or ()
+        if isinstance(extra, (str, Path)):
+            extra = [extra]
+        if not isinstance(extra, (list, tuple)) or not all(isinstance(x, (str, Path)) for x in extra):
+            raise InputError(f"data.corpus.extra: expected a path or a list of paths, got {extra!r}")
+        d["extra"] = tuple(str(x) for x in extra)
         return cls(**d)
 
 
@@ -160,7 +172,7 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     rng = np.random.default_rng(cfg.seed)
 
     def add(texts, source, label, cats):
-        rows.append(pd.DataFrame({"text": list(texts), "source": source, "group": GROUPS[source],
+        rows.append(pd.DataFrame({"text": list(texts), "source": source, "group": source_group(source),
                                   "label": label if isinstance(label, (list, np.ndarray)) else [label] * len(texts),
                                   "categories": list(cats)}))
 
@@ -225,6 +237,15 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     add(pd.concat([hate["text"], off["text"], neither["text"]]), "tweets",
         [1] * len(hate) + [1] * len(off) + [0] * len(neither),
         [["hate", "harassment"]] * len(hate) + [["harassment"]] * len(off) + [[]] * len(neither))
+    # the user's own registers
+    names: dict[str, str] = {}
+    for path in cfg.extra:
+        ex, name = load_extra(path)
+        if name in names:
+            raise InputError(f"data.corpus.extra: {names[name]} and {path} would both be the register {name!r}; "
+                             "rename one file")
+        names[name] = str(path)
+        add(ex["text"], name, ex["label"].to_numpy(), ex["categories"].tolist())
     if cfg.contrast:
         ct = contrast_texts(seed=cfg.seed, frames_per_act=cfg.contrast_acts,
                             group_requests=cfg.contrast_group_requests, claims_per_group=cfg.contrast_stance,
@@ -234,6 +255,64 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
     df = df.sort_values("label", ascending=False, kind="stable").drop_duplicates("text", keep="first")
     return df.sort_index().reset_index(drop=True)
+
+
+EXTRA_PREFIX = "extra:"
+_LABELS = {"safe": 0, "0": 0, "0.0": 0, "false": 0, "unsafe": 1, "1": 1, "1.0": 1, "true": 1}
+
+
+def load_extra(path) -> tuple[pd.DataFrame, str]:
+    """One labelled table of the user's own register (any :func:`~hysac.data.tables.read_table` format): ``text``,
+    ``label`` (``safe`` / ``unsafe``, or 0 / 1) and, for unsafe rows, ``categories`` (ours, comma-separated; where
+    the column or the cell is empty, the categories of :data:`UNSAFE_TERMS` found in the text). Empty texts are
+    skipped.
+
+    Returns:
+        the rows (``text``, ``label`` 0/1, ``categories`` lists) and the source name ``"extra:<file stem>"``, which
+        is also its source group: per-register thresholds, group balance, pairing and ``leave_out`` treat it as they
+        treat the data folder's groups.
+
+    Raises:
+        InputError naming the file (and the data row, 1-based, header not counted) for a missing column, a label
+        that is neither safe nor unsafe, an unknown category, an unsafe text with no category, or no text at all.
+    """
+    from hysac.data.categories import split_categories
+
+    p = Path(path).expanduser()
+    df = read_table(p)
+    for col in ("text", "label"):
+        if col not in df.columns:
+            raise InputError(f"{p}: missing column {col!r} (columns: {', '.join(map(str, df.columns))}); an extra "
+                             "register needs text, label (safe / unsafe) and, for unsafe rows, categories")
+    has_cats = "categories" in df.columns
+    texts, labels, cats = [], [], []
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        text = clean_text(rec["text"]) if isinstance(rec["text"], str) else ""
+        if not text:
+            continue
+        raw = rec["label"]
+        lab = _LABELS.get(str(raw).strip().lower()) if not (isinstance(raw, float) and np.isnan(raw)) else None
+        if lab is None:
+            raise InputError(f"{p}: row {i}: label {raw!r} is neither safe nor unsafe (or 0 / 1)")
+        found: list[str] = []
+        if lab:
+            value = rec.get("categories") if has_cats else None
+            if isinstance(value, str) and value.strip():
+                found, unknown = split_categories(value)
+                if unknown:
+                    raise InputError(f"{p}: row {i}: unknown categor{'ies' if len(unknown) > 1 else 'y'} "
+                                     f"{', '.join(map(repr, unknown))} (known: {', '.join(CATEGORIES)})")
+            found = found or unsafe_term_categories(text)
+            if not found:
+                raise InputError(f"{p}: row {i}: unsafe text with no category; give a categories column (one or "
+                                 f"more of: {', '.join(CATEGORIES)})")
+        texts.append(text)
+        labels.append(lab)
+        cats.append(found)
+    if not texts:
+        raise InputError(f"{p}: no texts (every text cell is empty)")
+    name = EXTRA_PREFIX + (re.sub(r"[^a-z0-9_-]+", "-", p.name.split(".")[0].lower()).strip("-") or "table")
+    return pd.DataFrame({"text": texts, "label": labels, "categories": cats}), name
 
 
 # ------------------------------------------------------------------------------------------------ style
@@ -296,7 +375,8 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     seen: set[str] = set(df["text"])
     for source in sorted(df["source"].unique()):
         sub = df[df["source"] == source].reset_index(drop=True)
-        k = _SPLIT_SLOT[source]
+        # a source of its own (extra:<name>) takes a slot from its name, so its splits never depend on the others
+        k = _SPLIT_SLOT.get(source, 100 + zlib.crc32(source.encode()) % 100_000)
         for lab in (0, 1):  # stratified by label within the source
             idx = np.flatnonzero(sub["label"].to_numpy() == lab)
             for part, sel in zip(parts, split_indices(len(idx), fr, seed=cfg.seed + 17 * k + lab)):
@@ -313,9 +393,10 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     rng = np.random.default_rng(cfg.seed)
     splits = TextSplits(*[[p[i] for i in rng.permutation(len(p))] for p in parts])
     if cfg.leave_out is not None:
-        if cfg.leave_out not in set(GROUPS.values()):
+        known = set(GROUPS.values()) | {source_group(s) for s in df["source"]}
+        if cfg.leave_out not in known:
             raise InputError(f"data.corpus.leave_out: unknown source group {cfg.leave_out!r}; known: "
-                             f"{sorted(set(GROUPS.values()))}")
+                             f"{sorted(known)}")
         if cfg.leave_out_keep is None:
             keep, held = leave_out_group(splits, cfg.leave_out)
             return TextSplits(keep.train, keep.val, held)
@@ -365,5 +446,5 @@ def few_of_group(splits: TextSplits, group: str, k: int) -> TextSplits:
                       [e for e in splits.test if source_group(e.source) == group])
 
 
-__all__ = ["CorpusConfig", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "few_of_group", "leave_out_group",
-           "load_register_sources", "register_key", "register_splits", "source_group", "unsafe_term_categories"]
+__all__ = ["CorpusConfig", "EXTRA_PREFIX", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "few_of_group", "leave_out_group",
+           "load_extra", "load_register_sources", "register_key", "register_splits", "source_group", "unsafe_term_categories"]
