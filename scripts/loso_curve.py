@@ -10,8 +10,7 @@ group's own test split (``k = 0``: the register never seen). Per fold, at the fo
 group's safe test texts, TPR on its unsafe ones, AUROC, and the largest TPR any threshold reaches within the
 group's FPR budget (``hysac.evaluation.loso.FPR_BUDGET``); the same for the Euclidean probe on the fold's frozen
 features. Folds train in ``<runs>/keep<k>/<group>/`` (``--runs``, default ``runs/loso-curve``; a finished fold
-resumes instantly). Writes
-``<out>.json``, ``<out>.md`` and ``<out>.png``.
+resumes instantly). Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``.
 """
 
 from __future__ import annotations

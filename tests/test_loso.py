@@ -178,3 +178,11 @@ def test_budget_tpr_is_the_best_threshold_on_the_held_out_texts_and_reaches_the_
     md = to_markdown({"date": "2026-12-07", "machine": "x86_64, 2 cores", "train_config": "c.yaml",
                       "folds": [{"group": "requests", "hysac": row}]})
     assert "| requests | 10% | 0.250 → 0.500 |" in md
+
+
+def test_markdown_says_when_a_few_texts_of_the_held_out_group_trained():
+    fold = {"group": "requests", "hysac": operating_point(np.array([0.1, 0.9]), np.array([0, 1]), 0.5)}
+    base = {"date": "2026-12-07", "machine": "x86_64, 2 cores", "train_config": "c.yaml", "folds": [fold]}
+    assert "never trained or validated on" in to_markdown(base)
+    few = to_markdown({**base, "overrides": ["data.corpus.leave_out_keep=25"]})
+    assert "never trained" not in few and "test-split texts (25 texts per class" in few

@@ -446,5 +446,6 @@ def few_of_group(splits: TextSplits, group: str, k: int) -> TextSplits:
                       [e for e in splits.test if source_group(e.source) == group])
 
 
-__all__ = ["CorpusConfig", "EXTRA_PREFIX", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "few_of_group", "leave_out_group",
-           "load_extra", "load_register_sources", "register_key", "register_splits", "source_group", "unsafe_term_categories"]
+__all__ = ["CorpusConfig", "EXTRA_PREFIX", "GROUPS", "STYLED_SOURCES", "Styler", "UNSAFE_TERMS", "few_of_group",
+           "leave_out_group", "load_extra", "load_register_sources", "register_key", "register_splits", "source_group",
+           "unsafe_term_categories"]

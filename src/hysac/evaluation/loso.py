@@ -286,8 +286,12 @@ _RETRIEVAL_LEGEND = {"frozen": "the frozen MiniLM space (cosine)",
 def to_markdown(report: dict[str, Any]) -> str:
     methods = [m for m in ("hysac", "euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
                if any(m in f for f in report["folds"])]
+    keep = [o.split("=", 1)[1] for o in report.get("overrides") or [] if o.startswith("data.corpus.leave_out_keep=")]
+    held = ("the held-out group's test-split texts (" + keep[-1] + " texts per class of the group's training and "
+            "validation splits train and validate: data.corpus.leave_out_keep)" if keep
+            else "the held-out group's texts, never trained or validated on")
     lines = [f"# Leave-one-source-out ({report['date']}, {report['machine']}, `{report['train_config']}`)", "",
-             "Each row: the held-out group's texts, never trained or validated on; FPR on its safe texts / TPR on "
+             f"Each row: {held}; FPR on its safe texts / TPR on "
              "its unsafe texts at each method's own threshold, and AUROC. Overrides: "
              f"{', '.join(report.get('overrides') or []) or 'none'}; hysac-mini column: "
              f"{report.get('reference', 'hysac-mini')}.", "",
