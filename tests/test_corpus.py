@@ -325,3 +325,13 @@ def test_extra_register_joins_the_splits_without_moving_the_others(tmp_path):
         register_splits({**base, "extra": [str(p), str(p)]})
     with pytest.raises(InputError, match="data.corpus.extra: expected a path or a list of paths"):
         register_splits({**base, "extra": {"a": 1}})
+
+
+def test_corpus_settings_of_the_wrong_type_are_named():
+    for key, value, expected in (("leave_out_keep", "abc", "int or None"), ("max_coco", "abc", "int or None"),
+                                 ("style_fraction", "x", "float"), ("contrast", 1, "bool"),
+                                 ("leave_out", 3, "str or None"), ("seed", 1.5, "int")):
+        with pytest.raises(InputError, match=re.escape(f"data.corpus.{key}: expected {expected}, got {value!r}")):
+            CorpusConfig.from_dict({key: value})
+    cfg = CorpusConfig.from_dict({"val_fraction": 0.2, "max_coco": None, "style_fraction": 0, "leave_out_keep": 3})
+    assert (cfg.val_fraction, cfg.max_coco, cfg.style_fraction, cfg.leave_out_keep) == (0.2, None, 0, 3)

@@ -44,6 +44,7 @@ per source with ``seed``; :func:`leave_out_group` gives the leave-one-source-gro
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from dataclasses import dataclass
@@ -123,6 +124,15 @@ class CorpusConfig:
         bad = sorted(set(d) - known)
         if bad:
             raise InputError(f"data.corpus: unknown keys {bad}; known: {sorted(known)}")
+        for f in dataclasses.fields(cls):  # the annotation's scalar types, so a bad value is named, not a traceback
+            if f.name not in d or f.name == "extra":
+                continue
+            v, kinds = d[f.name], str(f.type).replace(" ", "").split("|")
+            ok = ((v is None and "None" in kinds) or (isinstance(v, bool) and "bool" in kinds)
+                  or (not isinstance(v, bool) and isinstance(v, int) and ("int" in kinds or "float" in kinds))
+                  or (isinstance(v, float) and "float" in kinds) or (isinstance(v, (str, Path)) and "str" in kinds))
+            if not ok:
+                raise InputError(f"data.corpus.{f.name}: expected {' or '.join(kinds)}, got {v!r}")
         extra = d.get("extra") or ()
         if isinstance(extra, (str, Path)):
             extra = [extra]
