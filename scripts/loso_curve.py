@@ -22,7 +22,8 @@ import platform
 import time
 from pathlib import Path
 
-from hysac.evaluation.loso import FPR_BUDGET, GROUP_ORDER, run_loso
+from hysac.data.corpus import EXTRA_PREFIX
+from hysac.evaluation.loso import EXTRA_FPR_BUDGET, FPR_BUDGET, GROUP_ORDER, run_loso
 
 TARGETS = {"requests": 0.90, "moderation": 0.85}  # TPR the leave-one-source-out protocol asks for
 
@@ -44,7 +45,7 @@ def curve(config: str, groups: list[str], keeps: list[int], overrides: list[str]
             rows.append(row)
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
             "train_config": config, "overrides": overrides, "seconds": round(time.time() - t0, 1),
-            "fpr_budget": {g: FPR_BUDGET[g] for g in groups}, "rows": rows}
+            "fpr_budget": {g: FPR_BUDGET.get(g, EXTRA_FPR_BUDGET) for g in groups}, "rows": rows}
 
 
 def to_markdown(report: dict) -> str:
@@ -105,13 +106,19 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/hysac-mini.yaml")
-    ap.add_argument("--group", action="append", choices=[g for g in GROUP_ORDER if g != "captions"],
-                    help="held-out group with both classes (repeatable; default requests and moderation)")
+    ap.add_argument("--group", action="append",
+                    help="held-out group with both classes: prompts, requests, moderation, tweets, or extra:<file "
+                         "stem> of a table given with --set 'data.corpus.extra=[...]' (repeatable; default requests "
+                         "and moderation)")
     ap.add_argument("--keep", type=int, nargs="+", default=[0, 25, 100, 400])
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     ap.add_argument("--out", default="reports/hysac-mini/loso-curve", help="report path, without suffix")
     ap.add_argument("--runs", default="runs/loso-curve", help="where the folds train")
     a = ap.parse_args()
+    bad = [g for g in a.group or [] if g not in GROUP_ORDER[:1] + GROUP_ORDER[2:] and not g.startswith(EXTRA_PREFIX)]
+    if bad:
+        ap.error(f"--group: {', '.join(bad)}: not a group with both classes (prompts, requests, moderation, tweets, "
+                 f"{EXTRA_PREFIX}<file stem>)")
     if any(k < 0 for k in a.keep):
         ap.error(f"--keep: texts per class must be >= 0, got {a.keep}")
     if not Path(a.config).is_file():

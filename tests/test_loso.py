@@ -80,6 +80,10 @@ def test_markdown_retrieval_table():
 def test_unknown_group_refused(tmp_path):
     with pytest.raises(InputError, match="unknown source group"):
         run_loso(tmp_path / "c.yaml", tmp_path, groups=["nonsense"])
+    # a register of the user's own (data.corpus.extra) may be held out: the name passes, the missing config fails
+    with pytest.raises(InputError) as e:
+        run_loso(tmp_path / "c.yaml", tmp_path / "out", groups=["extra:club"], baselines=())
+    assert "unknown source group" not in str(e.value) and "c.yaml" in str(e.value)
 
 
 def test_unknown_baseline_refused_before_any_training(tmp_path):

@@ -33,7 +33,9 @@ def eval_command(
                                                              "config once per held-out source group and report "
                                                              "FPR / TPR / AUROC on it with the baselines "
                                                              "(writes loso.json / loso.md; default out reports/loso)."),
-    group: List[str] = typer.Option([], "--group", help="With --loso: only these held-out groups (repeatable)."),
+    group: List[str] = typer.Option([], "--group", help="With --loso: only these held-out groups (repeatable; "
+                                                     "prompts, captions, requests, moderation, tweets, or "
+                                                     "extra:<file stem> for a table of data.corpus.extra)."),
     setting: List[str] = typer.Option([], "--set", help="With --loso: training-config override KEY=VALUE, e.g. "
                                                          "backbone.text_lora=null (repeatable)."),
     baseline: List[str] = typer.Option([], "--baseline", help="With --loso: only these baselines (repeatable; "

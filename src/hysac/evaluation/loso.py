@@ -17,7 +17,8 @@ FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and o
 * ``hysac-mini`` — the shipped model at its own threshold (it was trained on some of these sources).
 
 **Ranking or threshold?** Beside each operating point, the TPR the same scores reach at the held-out group's FPR
-budget (:data:`FPR_BUDGET`: 5 % for prompts and captions, 10 % for requests, moderation and tweets) with the
+budget (:data:`FPR_BUDGET`: 5 % for prompts and captions, 10 % for requests, moderation, tweets and the user's own
+``extra:<name>`` registers, which ``groups`` may also name) with the
 threshold fitted on the held-out texts themselves. No threshold rule can beat it, so where it too falls short of a
 recall target the ranking, not the threshold, is what misses.
 
@@ -51,6 +52,8 @@ GROUP_ORDER = ("prompts", "captions", "requests", "moderation", "tweets")
 BASELINES = ("euclidean-probe", "safe-clip", "profanity-check", "hysac-mini")
 #: the FPR each held-out group may spend on its safe texts (the targets of the leave-one-source-out protocol)
 FPR_BUDGET = {"prompts": 0.05, "captions": 0.05, "requests": 0.10, "moderation": 0.10, "tweets": 0.10}
+#: the budget of a register of the user's own (data.corpus.extra)
+EXTRA_FPR_BUDGET = 0.10
 RETRIEVAL_GALLERY_PER_CLASS = 750
 RETRIEVAL_QUERIES = 200
 
@@ -143,7 +146,7 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     test = trainer.data.test
     out: dict[str, Any] = {"group": group, "sources": sorted({str(s) for s in test.text_source})}
     y = test.text_label
-    budget = FPR_BUDGET.get(group)
+    budget = FPR_BUDGET.get(group, EXTRA_FPR_BUDGET)
     out["hysac"] = operating_point(trainer._text_scores("test"), y, trainer.model.unsafe_threshold("text"), budget)
     texts = [trainer.data.texts[i] for i in test.text_idx]
     spec = str(cfg.get("threshold_criterion", "register_fpr@0.05")).split("@", 1)[-1]
@@ -245,10 +248,13 @@ def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | 
     (a name or folder; ``reference_label`` names it in the report)."""
     from ..train.config import load_config
 
+    from ..data.corpus import EXTRA_PREFIX
+
     groups = list(groups or GROUP_ORDER)
-    bad = sorted(set(groups) - set(GROUP_ORDER))
+    bad = sorted(g for g in set(groups) - set(GROUP_ORDER) if not g.startswith(EXTRA_PREFIX))
     if bad:
-        raise InputError(f"loso: unknown source group(s) {bad}; known: {list(GROUP_ORDER)}")
+        raise InputError(f"loso: unknown source group(s) {bad}; known: {list(GROUP_ORDER)} and the "
+                         f"{EXTRA_PREFIX}<file stem> registers of data.corpus.extra")
     bad = sorted(set(baselines) - set(BASELINES))
     if bad:
         raise InputError(f"loso: unknown baseline(s) {bad}; known: {list(BASELINES)}")
@@ -355,4 +361,5 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BASELINES", "FPR_BUDGET", "GROUP_ORDER", "operating_point", "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
+__all__ = ["BASELINES", "EXTRA_FPR_BUDGET", "FPR_BUDGET", "GROUP_ORDER", "operating_point", "redirect_point",
+           "retrieval_sets", "run_loso", "to_markdown"]
