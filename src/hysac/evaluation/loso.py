@@ -18,8 +18,8 @@ FPR on its safe texts, TPR on its unsafe texts, and AUROC. In the same run and o
 
 **Ranking or threshold?** Beside each operating point, the TPR the same scores reach at the held-out group's FPR
 budget (:data:`FPR_BUDGET`: 5 % for prompts and captions, 10 % for requests, moderation, tweets and the user's own
-``extra:<name>`` registers, which ``groups`` may also name) with the
-threshold fitted on the held-out texts themselves. No threshold rule can beat it, so where it too falls short of a
+``extra:<name>`` registers, which ``groups`` may also name) with the threshold fitted on the held-out texts
+themselves. No threshold rule can beat it, so where it too falls short of a
 recall target the ranking, not the threshold, is what misses.
 
 **Retrieval with redirection** on the held-out group (groups with both classes): a gallery of up to
@@ -246,9 +246,8 @@ def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | 
     """Run every fold (each trains in ``<out>/<group>``; a finished fold resumes instantly) and write
     ``loso.json`` / ``loso.md`` under ``out``. ``reference`` is the model scored as the ``hysac-mini`` baseline
     (a name or folder; ``reference_label`` names it in the report)."""
-    from ..train.config import load_config
-
     from ..data.corpus import EXTRA_PREFIX
+    from ..train.config import load_config
 
     groups = list(groups or GROUP_ORDER)
     bad = sorted(g for g in set(groups) - set(GROUP_ORDER) if not g.startswith(EXTRA_PREFIX))
