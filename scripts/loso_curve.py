@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 from hysac.data.corpus import EXTRA_PREFIX
-from hysac.evaluation.loso import EXTRA_FPR_BUDGET, FPR_BUDGET, GROUP_ORDER, run_loso
+from hysac.evaluation.loso import EXTRA_FPR_BUDGET, FPR_BUDGET, GROUP_ORDER, machine, run_loso
 
 TARGETS = {"requests": 0.90, "moderation": 0.85}  # TPR the leave-one-source-out protocol asks for
 
@@ -43,7 +41,7 @@ def curve(config: str, groups: list[str], keeps: list[int], overrides: list[str]
                               ("n_safe", "n_unsafe", "threshold", "fpr", "tpr", "auroc", "tpr_at_budget")
                               if key in fold[m]}
             rows.append(row)
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
             "train_config": config, "overrides": overrides, "seconds": round(time.time() - t0, 1),
             "fpr_budget": {g: FPR_BUDGET.get(g, EXTRA_FPR_BUDGET) for g in groups}, "rows": rows}
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 
 from hysac import HySAC
 from hysac.data.corpus import register_key, source_group
+from hysac.evaluation.loso import machine
 from hysac.pretrained import resolve
 from hysac.train.data import text_splits
 from hysac.train.trainer import parse_rate_spec
@@ -105,7 +104,7 @@ def run(model_name: str, probes: Path | None) -> dict:
                      "per_register": _rates(t["score"][keys == k], t["label"][keys == k], th_t[keys == k])}
                  for k in np.unique(keys)}
     report = {"model": model_name, "model_id": model.model_id, "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+              "machine": machine(),
               "threshold": th_model, "register_thresholds": th_reg,
               "register_accuracy_test": float((guess_t[known] == truth[known]).mean()), "test": test_rows}
     if probes is not None:

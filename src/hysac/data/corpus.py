@@ -56,7 +56,7 @@ import pandas as pd
 from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
 from hysac.data.contrast import CLAIMS_PER_GROUP, FRAMES_PER_ACT, GROUP_REQUESTS, WITH_REPLIES, contrast_texts
 from hysac.data.paths import resolve_data_file
-from hysac.data.tables import read_table
+from hysac.data.tables import label_value, read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
     load_ldnoobw, load_safe_art_prompts, split_indices
 from hysac.errors import InputError
@@ -268,12 +268,11 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
 
 
 EXTRA_PREFIX = "extra:"
-_LABELS = {"safe": 0, "0": 0, "0.0": 0, "false": 0, "unsafe": 1, "1": 1, "1.0": 1, "true": 1}
 
 
 def load_extra(path) -> tuple[pd.DataFrame, str]:
     """One labelled table of the user's own register (any :func:`~hysac.data.tables.read_table` format): ``text``,
-    ``label`` (``safe`` / ``unsafe``, or 0 / 1) and, for unsafe rows, ``categories`` (ours, comma-separated; where
+    ``label`` (``safe`` / ``unsafe``, 0 / 1, ...: :func:`~hysac.data.tables.label_value`) and, for unsafe rows, ``categories`` (ours, comma-separated; where
     the column or the cell is empty, the categories of :data:`UNSAFE_TERMS` found in the text). Empty texts are
     skipped.
 
@@ -301,7 +300,7 @@ def load_extra(path) -> tuple[pd.DataFrame, str]:
         if not text:
             continue
         raw = rec["label"]
-        lab = _LABELS.get(str(raw).strip().lower()) if not (isinstance(raw, float) and np.isnan(raw)) else None
+        lab = label_value(raw)
         if lab is None:
             raise InputError(f"{p}: row {i}: label {raw!r} is neither safe nor unsafe (or 0 / 1)")
         found: list[str] = []
@@ -403,7 +402,7 @@ def register_splits(cfg: CorpusConfig | dict | None = None) -> TextSplits:
     rng = np.random.default_rng(cfg.seed)
     splits = TextSplits(*[[p[i] for i in rng.permutation(len(p))] for p in parts])
     if cfg.leave_out is not None:
-        known = set(GROUPS.values()) | {source_group(s) for s in df["source"]}
+        known = set(GROUPS.values()) | set(df["group"])
         if cfg.leave_out not in known:
             raise InputError(f"data.corpus.leave_out: unknown source group {cfg.leave_out!r}; known: "
                              f"{sorted(known)}")

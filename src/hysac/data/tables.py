@@ -8,8 +8,9 @@ import json
 import lzma
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from hysac.errors import InputError
@@ -95,3 +96,19 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise InputError(f"{p}: reading {fmt} needs an extra package: {e}") from e
     except (ValueError, OSError, EOFError) as e:  # decode/parse errors; pyarrow's ArrowInvalid is a ValueError
         raise InputError(f"{p}: cannot read as {fmt}: {type(e).__name__}: {e}") from e
+
+
+_UNSAFE_WORDS = frozenset({"1", "true", "yes", "unsafe", "nsfw", "toxic", "y", "t"})
+_SAFE_WORDS = frozenset({"0", "false", "no", "safe", "sfw", "n", "f"})
+
+
+def label_value(value: Any) -> int | None:
+    """A table cell as a safety label: 1 (unsafe: 1, true, yes, unsafe, nsfw, toxic...), 0 (safe: 0, false, no,
+    safe, sfw...) or None when it is neither (an empty cell, NaN, 2, "maybe")."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer, float, np.floating)) and not (isinstance(value, float) and np.isnan(value)):
+        if value in (0, 1):
+            return int(value)
+    s = str(value).strip().lower()
+    return 1 if s in _UNSAFE_WORDS else 0 if s in _SAFE_WORDS else None

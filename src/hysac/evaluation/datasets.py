@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..data.tables import label_value
 from ..errors import InputError
 from ..safety import CATEGORIES
 
@@ -375,27 +376,13 @@ def visu(name: str = "visu", *, test: str | os.PathLike, coco_root: str | os.Pat
 # ----------------------------------------------------------------------------------------------------------------
 # generic table
 # ----------------------------------------------------------------------------------------------------------------
-_TRUE = {"1", "true", "yes", "unsafe", "nsfw", "toxic", "y", "t"}
-_FALSE = {"0", "false", "no", "safe", "sfw", "n", "f", ""}
-
-
 def parse_labels(values: Sequence[Any], where: str) -> np.ndarray:
     out = np.zeros(len(values), dtype=np.int64)
     for i, v in enumerate(values):
-        if isinstance(v, (bool, np.bool_)):
-            out[i] = int(v)
-            continue
-        if isinstance(v, (int, np.integer, float, np.floating)) and not (isinstance(v, float) and np.isnan(v)):
-            if v in (0, 1):
-                out[i] = int(v)
-                continue
-        s = str(v).strip().lower()
-        if s in _TRUE:
-            out[i] = 1
-        elif s in _FALSE and s != "":
-            out[i] = 0
-        else:
+        lab = label_value(v)
+        if lab is None:
             raise InputError(f"{where}: row {i}: label {v!r} is not 0/1, true/false or safe/unsafe")
+        out[i] = lab
     return out
 
 

@@ -267,12 +267,17 @@ def run_loso(train_config: str | Path, out: str | Path, groups: Sequence[str] | 
             raise InputError(f"loso: {train_config} does not train on the register corpus (data.corpus)")
         log(f"loso: holding out {group}")
         folds.append(_fold(cfg, group, baselines, log, reference))
-    report = {"reference": reference_label or str(reference), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores",
+    report = {"reference": reference_label or str(reference), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "train_config": str(train_config), "overrides": list(overrides), "seconds": round(time.time() - t0, 1), "folds": folds}
     out.mkdir(parents=True, exist_ok=True)
     (out / "loso.json").write_text(json.dumps(report, indent=2))
     (out / "loso.md").write_text(to_markdown(report))
     return report
+
+
+def machine() -> str:
+    """The machine line of a report: ``"<architecture>, <usable cores> cores"``."""
+    return f"{platform.machine()}, {_cores()} cores"
 
 
 def _cores() -> int:
@@ -360,5 +365,5 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BASELINES", "EXTRA_FPR_BUDGET", "FPR_BUDGET", "GROUP_ORDER", "operating_point", "redirect_point",
-           "retrieval_sets", "run_loso", "to_markdown"]
+__all__ = ["BASELINES", "EXTRA_FPR_BUDGET", "FPR_BUDGET", "GROUP_ORDER", "machine", "operating_point",
+           "redirect_point", "retrieval_sets", "run_loso", "to_markdown"]
