@@ -405,6 +405,10 @@ def train(
     resume: bool = typer.Option(True, help="Resume from the latest checkpoint in the output folder."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the config and every data source it reads, print "
                                                            "the split sizes and outputs as JSON, train nothing."),
+    finish_from: Optional[str] = typer.Option(
+        None, "--finish-from", help="Train nothing: take the weights of a model this config trained (folder or "
+                                    "name, e.g. hysac-mini) and run only the final stage on them (category head "
+                                    "refit, thresholds, metrics, export)."),
 ) -> None:
     """Train a HySAC (or Safe-CLIP-objective) model from a config file."""
     from .train import load_config, run_training
@@ -413,9 +417,14 @@ def train(
     if dry_run:
         from .train.data import preflight
 
-        typer.echo(json.dumps(preflight(cfg), indent=2))
+        plan = preflight(cfg)
+        if finish_from is not None:
+            from .train.trainer import finish_weights
+
+            plan["finish_from"] = str(finish_weights(finish_from))
+        typer.echo(json.dumps(plan, indent=2))
         return
-    result = run_training(cfg, resume=resume)
+    result = run_training(cfg, resume=resume, finish_from=finish_from)
     typer.echo(json.dumps(result, indent=2))
 
 

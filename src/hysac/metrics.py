@@ -65,6 +65,7 @@ __all__ = [
     "tpr_at_fpr",
     "best_threshold",
     "per_category_auroc",
+    "top_category_scores",
     "multilabel_auroc",
     "macro_auroc",
 ]
@@ -822,6 +823,51 @@ def macro_auroc(probs: Any, multihot: Any) -> float:
     if np.isnan(values).all():
         raise InputError("macro_auroc: no label column has both positive and negative items")
     return float(np.nanmean(values))
+
+
+def top_category_scores(probs: Any, multihot: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """How right the **top category** of a multi-label head is (the one category shown for an unsafe input).
+
+    Args:
+        probs: ``(N, C)`` per-category scores of unsafe items (any monotone scale; the arg-max is shown).
+        multihot: ``(N, C)`` bool / 0-1 category tags of the same items (an item may carry several).
+        names: ``C`` category names (default ``"0", "1", ...``).
+
+    Returns:
+        ``{"per_category": {name: {"support", "shown", "precision", "recall", "f1"}}, "top_in_labels",
+        "macro_f1"}``: ``support`` items tagged with the category, ``shown`` items whose top category it is,
+        ``precision`` = tagged among shown, ``recall`` = shown among tagged, ``f1`` their harmonic mean (``nan``
+        where a denominator is 0); ``top_in_labels`` the share of items whose top category is one of their tags;
+        ``macro_f1`` the mean F1 over the categories with support (a category never shown counts 0).
+
+    Raises:
+        ValueError (InputError): on empty input or mismatched shapes.
+    """
+    p = _as_numpy(probs, "probs")
+    if p.ndim != 2 or p.shape[0] == 0 or p.dtype.kind not in "iuf" or p.dtype == bool:
+        raise InputError(f"probs: expected a non-empty real (N, C) array, got shape {p.shape}, dtype {p.dtype}")
+    m = _multihot(multihot, p.shape[0])
+    if m.shape[1] != p.shape[1]:
+        raise InputError(f"multihot has {m.shape[1]} columns, probs {p.shape[1]}")
+    names = [str(i) for i in range(p.shape[1])] if names is None else [str(n) for n in names]
+    if len(names) != p.shape[1]:
+        raise InputError(f"names: {len(names)} given for {p.shape[1]} columns")
+    top = p.argmax(1)
+    per: dict[str, dict[str, float]] = {}
+    f1s = []
+    for c, name in enumerate(names):
+        shown = top == c
+        tagged = m[:, c] == 1
+        tp = float((shown & tagged).sum())
+        prec = tp / shown.sum() if shown.any() else float("nan")
+        rec = tp / tagged.sum() if tagged.any() else float("nan")
+        f1 = 2 * tp / (shown.sum() + tagged.sum()) if (shown.any() or tagged.any()) else float("nan")
+        per[name] = {"support": int(tagged.sum()), "shown": int(shown.sum()), "precision": float(prec),
+                     "recall": float(rec), "f1": float(f1)}
+        if tagged.any():
+            f1s.append(float(f1))
+    return {"per_category": per, "top_in_labels": float((m[np.arange(len(top)), top] == 1).mean()),
+            "macro_f1": float(np.mean(f1s)) if f1s else float("nan")}
 
 
 # ----------------------------------------------------------------------------------------------------------------

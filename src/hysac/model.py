@@ -259,6 +259,11 @@ class HySAC(nn.Module):
             self._model_id = f"{self.name or 'hysac'}@{h.hexdigest()[:16]}"
         return self._model_id
 
+    def weights_changed(self) -> None:
+        """Call after changing weights in place (e.g. a refitted category head): :attr:`model_id` is recomputed on
+        its next use."""
+        self._model_id = None
+
     def merge_lora(self) -> "HySAC":
         """Fold LoRA adapters into the tower weights (CLIP backbone); no-op otherwise."""
         self.backbone.merge_lora()

@@ -109,5 +109,15 @@ def category_head_metrics(probs, multihot, labels) -> dict | None:
         return None
     per = M.multilabel_auroc(p, mh, list(CATEGORIES))
     vals = [v for v in per.values() if not math.isnan(v)]
-    return {"per_category_auroc": {k: (None if math.isnan(v) else 100 * v) for k, v in per.items()},
-            "macro_auroc": 100 * float(np.mean(vals)) if vals else None, "n_unsafe": int(y.sum())}
+    top = M.top_category_scores(p, mh, list(CATEGORIES))
+
+    def pct(v: float) -> float | None:
+        return None if math.isnan(v) else 100 * v
+
+    return {"per_category_auroc": {k: pct(v) for k, v in per.items()},
+            "macro_auroc": 100 * float(np.mean(vals)) if vals else None, "n_unsafe": int(y.sum()),
+            # the one category shown for an unsafe item: precision / recall / F1 per category (percent)
+            "top_category": {"per_category": {k: {"support": v["support"], "shown": v["shown"],
+                                                  **{m: pct(v[m]) for m in ("precision", "recall", "f1")}}
+                                              for k, v in top["per_category"].items()},
+                             "top_in_labels": pct(top["top_in_labels"]), "macro_f1": pct(top["macro_f1"])}}

@@ -189,6 +189,14 @@ def _classification_section(name: str, cls: dict, head: dict, lines: list[str]) 
                     for mname, h in head.items()]
             lines.append("**Category head** — one-vs-rest AUROC among the unsafe texts (%)\n")
             lines += _table(["Model", "macro"] + list(CATEGORIES), rows)
+            rows = [[mname, _f(t.get("top_in_labels")), _f(t.get("macro_f1"))]
+                    + [f"{_f(t['per_category'][c]['precision'])} / {_f(t['per_category'][c]['recall'])}"
+                       for c in CATEGORIES]
+                    for mname, h in head.items() if (t := h.get("top_category"))]
+            if rows:
+                lines.append("**Top category shown** — among the unsafe texts: share whose top category is one of "
+                             "their tags, macro F1, and per category precision / recall (%)\n")
+                lines += _table(["Model", "top in tags", "macro F1"] + list(CATEGORIES), rows)
 
 
 def _redirection_section(name: str, red: dict, lines: list[str]) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import InputError
 from ..policy import check_traversal
+from .categories import RefitConfig
 
 DEFAULTS: dict[str, Any] = {
     "name": "hysac-mini",
@@ -114,6 +115,10 @@ DEFAULTS: dict[str, Any] = {
     # images: None (same as the text criterion), "youden", or "source_fpr@<rate>" (FPR at most the rate on every
     # image source of the validation split and on the backbone's object-class prototypes)
     "threshold_criterion_image": None,
+    # after the epoch is chosen, fit the category head afresh on the chosen model's embeddings of the unsafe
+    # training rows with per-category positive weights (hysac.train.categories.RefitConfig: epochs, lr,
+    # weight_decay, pos_weight sqrt / balanced / none, seed); {} for the defaults, null: keep the head as trained
+    "category_refit": None,
 }
 
 
@@ -195,6 +200,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                                 ("select_tolerance", cfg.get("select_tolerance"), False)):
         _check_non_negative(name, value, strict)
     check_traversal(cfg["model"].get("traversal"), "model.traversal")
+    RefitConfig.from_dict(cfg.get("category_refit"))
     perf = cfg.get("perf") or {}
     unknown = sorted(set(perf) - set(DEFAULTS["perf"]))
     if unknown:

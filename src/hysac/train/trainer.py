@@ -38,6 +38,7 @@ from ..losses import (
 from ..model import HySAC
 from ..policy import over_threshold
 from ..safety import CATEGORIES, fit_bounds
+from .categories import RefitConfig, refit_category_head, weighted_rows
 from .config import dump_config
 from .data import TrainData, build_offline, build_visu, epoch_order, step_rows, steps_per_epoch
 
@@ -799,6 +800,9 @@ class Trainer:
                         res["category_head_macro_auroc"] = M.macro_auroc(probs[u], es.text_multihot[u])
                     except ValueError:
                         pass
+                if u.any():  # the one category shown for an unsafe text: is it one of its tags? (JSON: nan → null)
+                    top = M.top_category_scores(probs[u], es.text_multihot[u], list(CATEGORIES))
+                    res["category_head_top1"] = _nan_to_none(top)
         il = es.image_label
         if len(il) and il.min() != il.max():
             res["auroc_image"] = M.auroc(ims, il)
@@ -1009,6 +1013,35 @@ class Trainer:
             self.save_checkpoint()
         return self.finish(stopped_early)
 
+    def refit_categories(self, refit: RefitConfig) -> dict[str, Any]:
+        """``category_refit``: fit the category head afresh on the chosen model's tangent vectors of the unsafe
+        training rows it learned from (:mod:`hysac.train.categories`), each family weighing its share of a batch
+        (unsafe texts drawn as training draws them; unsafe images and their captions). The rest of the model is
+        untouched."""
+        fams, batch = self.data.families, self.cfg["data"]["batch"]
+        c = self.model.curvature
+        xs, ys, ws = [], [], []
+        parts = [("unsafe_text", "text", 2, "ts_cats", int(batch.get("unsafe_text", 0)), True),
+                 ("unsafe_image", "text", 2, "ts_cats", int(batch.get("unsafe_image", 0)), False),
+                 ("unsafe_image", "image", 3, "is_cats", int(batch.get("unsafe_image", 0)), False)]
+        for fam_name, tower, col, cats, share, drawn in parts:
+            fam = fams.get(fam_name)
+            if fam is None or not len(fam.rows) or share <= 0:
+                continue
+            with torch.no_grad():
+                xs.append(L.log_map0(self.embed_pool(tower, fam.rows[:, col]).float(), c))
+            ys.append(torch.as_tensor(getattr(fam, cats), dtype=torch.float32))
+            ws.append(torch.as_tensor(weighted_rows(fam.rows, fam.weight if drawn else None, share)))
+        if not xs:
+            raise InputError("category_refit: the training split has no unsafe rows with categories")
+        info = refit_category_head(self.model.category_head, torch.cat(xs), torch.cat(ys), torch.cat(ws), refit,
+                                   progress=self.rank == 0)
+        self.model.category_head.eval()
+        self.model.weights_changed()
+        self.log(f"category head refitted on {info['rows']} rows: weighted loss {info['loss_before']:.4f} -> "
+                 f"{info['loss_after']:.4f}")
+        return info
+
     def _save_best(self) -> None:
         if self.rank != 0:
             return
@@ -1018,8 +1051,26 @@ class Trainer:
         save_file(sd, str(d / "best.tmp"))
         (d / "best.tmp").replace(d / "best.safetensors")
 
-    def finish(self, stopped_early: bool = False) -> dict[str, Any]:
-        best = self._ckpt_dir() / "best.safetensors"
+    def finish_from(self, model: str | os.PathLike) -> dict[str, Any]:
+        """Skip training: load the weights of ``model`` (a folder or registered name holding a model this config
+        trained, e.g. its ``export_dir``) and run :meth:`finish` on them: category refit (``category_refit``),
+        thresholds, metrics and export. Epoch and step counts are carried over from the model's ``metrics.json``."""
+        weights = finish_weights(model)
+        prev_path = weights.parent / "metrics.json"
+        try:
+            prev = json.loads(prev_path.read_text()) if prev_path.is_file() else {}
+            best_epoch, step = int(prev.get("best_epoch", 1)), int(prev.get("global_step", 0))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise InputError(f"--finish-from {model}: unreadable metrics.json ({e})") from None
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(dump_config(self.cfg))
+        self.state.update(best_epoch=best_epoch - 1, global_step=step)
+        return self.finish(bool(prev.get("stopped_early", False)), weights=weights)
+
+    def finish(self, stopped_early: bool = False, weights: Path | None = None) -> dict[str, Any]:
+        """Load the selected weights (the best checkpoint, or ``weights``), refit the category head
+        (``category_refit``), fit thresholds, measure val / test and export."""
+        best = self._ckpt_dir() / "best.safetensors" if weights is None else Path(weights)
         if best.is_file():
             self.model.load_checkpoint_state_dict(load_file(str(best)), source=str(best))
         self.model.eval()
@@ -1027,6 +1078,9 @@ class Trainer:
         result: dict[str, Any] = {"name": self.cfg["name"], "objective": self.cfg["objective"],
                                   "best_epoch": self.state["best_epoch"] + 1, "stopped_early": stopped_early,
                                   "global_step": self.state["global_step"], "data": self.data.info}
+        refit = RefitConfig.from_dict(self.cfg.get("category_refit"))
+        if refit is not None and self.model.category_head is not None and self.cfg["objective"] == "hysac":
+            result["category_refit"] = self.refit_categories(refit)
         if self.cfg["objective"] == "hysac":
             dists = self._class_distances("val")
             from ..metrics import best_threshold
@@ -1099,6 +1153,13 @@ def _radius_detached(x_tan: Tensor) -> Tensor:
     x = x_tan.float()
     norm = x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     return x / norm * norm.detach()
+
+
+def _nan_to_none(x: Any) -> Any:
+    """A metrics tree with ``nan`` → ``None`` (``metrics.json`` stays strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def select_epoch(best: float | None, score: float, tolerance: float = 0.0) -> tuple[bool, float]:
@@ -1207,10 +1268,32 @@ def _py_rng_from_json(data) -> tuple:
     return (data[0], tuple(data[1]), data[2])
 
 
-def run_training(cfg: dict, resume: bool = True) -> dict[str, Any]:
-    """Build a :class:`Trainer` from a config dict and run it to the end (or ``max_steps``)."""
+def finish_weights(model: str | os.PathLike) -> Path:
+    """The ``model.safetensors`` of a model folder or registered name, for ``--finish-from`` (one-line error if
+    there is none)."""
+    from ..pretrained import resolve
+
+    from safetensors import safe_open
+
+    folder = resolve(model)[0]
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"--finish-from {model}: no model.safetensors in {folder}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:  # reads the header only
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        raise InputError(f"--finish-from {model}: {weights} is not a readable safetensors file ({e})") from None
+    return weights
+
+
+def run_training(cfg: dict, resume: bool = True, finish_from: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Build a :class:`Trainer` from a config dict and run it to the end (or ``max_steps``); with ``finish_from``,
+    only the final stage on that model's weights (:meth:`Trainer.finish_from`)."""
     t0 = time.time()
+    if finish_from is not None:
+        finish_weights(finish_from)  # a wrong name or folder fails before the data is built
     trainer = Trainer(cfg)
-    out = trainer.fit(resume=resume)
+    out = trainer.fit(resume=resume) if finish_from is None else trainer.finish_from(finish_from)
     out["seconds"] = round(time.time() - t0, 1)
     return out
