@@ -5,6 +5,8 @@ inputs with the same reason, and a helper that makes any string printable as UTF
   character), or None.
 * :func:`path_problem` — why a path given on the command line cannot be used (a file name that is not valid
   UTF-8), or None.
+* :func:`check_settings` — a mapping of settings against a dataclass's fields: unknown keys and values of the
+  wrong type (read from the annotations) get a one-line error naming ``where.key``.
 * :func:`printable` — a string with undecodable bytes and lone surrogates shown as backslash escapes (never fails
   to encode as UTF-8); :func:`one_line` — the same on one line with control characters escaped too (a terminal
   escape sequence in an error message is shown, not run).
@@ -12,11 +14,15 @@ inputs with the same reason, and a helper that makes any string printable as UTF
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from typing import Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional
 
-__all__ = ["MAX_TEXT_CHARS", "text_problem", "path_problem", "printable", "one_line"]
+from .errors import InputError
+
+__all__ = ["MAX_TEXT_CHARS", "text_problem", "path_problem", "check_settings", "printable", "one_line"]
 
 #: the longest text accepted (characters); the service's ``max_text_chars`` default and the CLI's limit
 MAX_TEXT_CHARS = 10_000
@@ -75,6 +81,26 @@ def path_problem(path: str | os.PathLike) -> Optional[str]:
     if "\x00" in s:
         return f"file name '{one_line(s)}' contains a NUL byte"
     return None
+
+
+def check_settings(cls: type, d: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> None:
+    """Refuse keys of ``d`` that are not fields of the dataclass ``cls``, and values whose type is not one of the
+    field's annotation (``int``, ``float`` (an int is one too), ``bool``, ``str`` (or a path), ``None``; a bool is
+    never taken for a number). Fields in ``skip`` are the caller's to check. One-line :class:`InputError` naming
+    ``where.<key>``."""
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    bad = sorted(set(d) - set(known))
+    if bad:
+        raise InputError(f"{where}: unknown keys {bad}; known: {known}")
+    for f in dataclasses.fields(cls):
+        if f.name not in d or f.name in skip:
+            continue
+        v, kinds = d[f.name], str(f.type).replace(" ", "").split("|")
+        ok = ((v is None and "None" in kinds) or (isinstance(v, bool) and "bool" in kinds)
+              or (not isinstance(v, bool) and isinstance(v, int) and ("int" in kinds or "float" in kinds))
+              or (isinstance(v, float) and "float" in kinds) or (isinstance(v, (str, Path)) and "str" in kinds))
+        if not ok:
+            raise InputError(f"{where}.{f.name}: expected {' or '.join(kinds)}, got {v!r}")
 
 
 def printable(s: str) -> str:

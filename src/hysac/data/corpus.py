@@ -44,7 +44,6 @@ per source with ``seed``; :func:`leave_out_group` gives the leave-one-source-gro
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import zlib
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from hysac.data.tables import label_value, read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
     load_ldnoobw, load_safe_art_prompts, split_indices
 from hysac.errors import InputError
+from hysac.inputs import check_settings
 
 #: source group of every source (the unit held out by leave-one-source-out)
 GROUPS: dict[str, str] = {
@@ -120,19 +120,7 @@ class CorpusConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "CorpusConfig":
         d = dict(d or {})
-        known = {f for f in cls.__dataclass_fields__}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise InputError(f"data.corpus: unknown keys {bad}; known: {sorted(known)}")
-        for f in dataclasses.fields(cls):  # the annotation's scalar types, so a bad value is named, not a traceback
-            if f.name not in d or f.name == "extra":
-                continue
-            v, kinds = d[f.name], str(f.type).replace(" ", "").split("|")
-            ok = ((v is None and "None" in kinds) or (isinstance(v, bool) and "bool" in kinds)
-                  or (not isinstance(v, bool) and isinstance(v, int) and ("int" in kinds or "float" in kinds))
-                  or (isinstance(v, float) and "float" in kinds) or (isinstance(v, (str, Path)) and "str" in kinds))
-            if not ok:
-                raise InputError(f"data.corpus.{f.name}: expected {' or '.join(kinds)}, got {v!r}")
+        check_settings(cls, d, "data.corpus", skip=("extra",))  # a bad value is named, not a traceback
         extra = d.get("extra") or ()
         if isinstance(extra, (str, Path)):
             extra = [extra]

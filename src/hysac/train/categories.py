@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ..inputs import check_settings
 
 __all__ = ["RefitConfig", "category_pos_weight", "refit_category_head", "weighted_rows"]
 
@@ -55,27 +56,11 @@ class RefitConfig:
             return cls()
         if not isinstance(d, Mapping):
             raise InputError(f"category_refit must be a mapping, true or null, got {d!r}")
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(f"category_refit: unknown setting(s) {unknown} (known: "
-                             f"{sorted(cls.__dataclass_fields__)})")
-        out = {}
-        for k, v in d.items():
-            kind = type(getattr(cls(), k))
-            try:
-                if kind is str:
-                    val: Any = str(v)
-                elif isinstance(v, bool) or (kind is int and isinstance(v, float) and not float(v).is_integer()):
-                    raise ValueError
-                else:
-                    val = kind(v)
-            except (TypeError, ValueError):
-                raise InputError(f"category_refit.{k} must be {kind.__name__}, got {v!r}") from None
-            out[k] = val
-        cfg = cls(**out)
+        check_settings(cls, d, "category_refit")
+        cfg = cls(**d)
         if cfg.pos_weight not in POS_WEIGHT_MODES:
             raise InputError(f"category_refit.pos_weight must be one of {POS_WEIGHT_MODES}, got {cfg.pos_weight!r}")
-        if cfg.epochs < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)) or cfg.weight_decay < 0:
+        if cfg.epochs < 1 or not (cfg.lr > 0 and math.isfinite(cfg.lr)) or not 0 <= cfg.weight_decay < math.inf:
             raise InputError(f"category_refit: epochs must be >= 1, lr > 0 and weight_decay >= 0, got {asdict(cfg)}")
         return cfg
 
