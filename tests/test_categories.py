@@ -13,6 +13,7 @@ from hysac.data import default_data_dir
 from hysac.errors import InputError
 from hysac.metrics import top_category_scores
 from hysac.model import CategoryHead, HySAC
+from hysac.testing import TINY_EMOJI
 from hysac.train import load_config, run_training
 from hysac.train.categories import RefitConfig, category_pos_weight, refit_category_head
 
@@ -103,13 +104,11 @@ def test_refit_settings_defaults():
     assert RefitConfig.from_dict({"epochs": 20, "pos_weight": "none"}) == RefitConfig(epochs=20, pos_weight="none")
 
 
-EMOJI = ["1F600", "1F431", "1F436", "1F34E", "1F697", "2600", "1F333", "1F3E0", "26BD", "1F382",
-         "1F52B", "1F5E1", "1F480", "1F489", "1F4A3", "2620", "1F595", "1FA78"]
 
 
 def _mini_cfg(tmp, out, *extra):
     cfg = load_config(None, [f"out_dir={out}", "data.max_per_source=12", "data.openmoji_size=28",
-                             f"data.cache_dir={tmp / 'cache'}", f"data.emoji_codepoints={json.dumps(EMOJI)}",
+                             f"data.cache_dir={tmp / 'cache'}", f"data.emoji_codepoints={json.dumps(TINY_EMOJI)}",
                              "optim.epochs=1", "optim.warmup_steps=1", "name=tiny-cats", "model.category_head=16",
                              *extra])
     cfg["backbone"] = {"kind": "mini", "embed_dim": 32, "head": "mlp", "head_hidden": 32, "image_bridge": "conse",

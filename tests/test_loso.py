@@ -7,6 +7,7 @@ import pytest
 
 from hysac.errors import InputError
 from hysac.evaluation.loso import operating_point, redirect_point, retrieval_sets, run_loso, to_markdown
+from hysac.testing import TINY_EMOJI
 
 
 def test_operating_point_counts_at_the_threshold():
@@ -102,13 +103,11 @@ def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
 
     import yaml
 
-    emoji = ["1F600", "1F431", "1F436", "1F34E", "1F697", "2600", "1F333", "1F3E0", "26BD", "1F382",
-             "1F52B", "1F5E1", "1F480", "1F489", "1F4A3", "2620", "1F595", "1FA78"]
     cfg = {"name": "tiny-loso", "threshold_criterion": "register_fpr@0.1",
            "backbone": {"kind": "mini", "embed_dim": 384, "head": "polar", "head_hidden": 16, "polar_base": 4.0,
                         "image_bridge": "conse"},
            "data": {"corpus": {}, "balance": "groups", "max_per_source": 20, "openmoji_size": 28,
-                    "cache_dir": str(tmp_path / "cache"), "emoji_codepoints": emoji,
+                    "cache_dir": str(tmp_path / "cache"), "emoji_codepoints": TINY_EMOJI,
                     "batch": {"unsafe_text": 8, "safe_text": 8, "safe_image": 4, "unsafe_image": 2}},
            "optim": {"epochs": 1, "warmup_steps": 1}}
     path = tmp_path / "tiny.yaml"

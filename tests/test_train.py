@@ -9,15 +9,14 @@ from safetensors.torch import load_file
 
 from hysac.data import default_data_dir
 from hysac.model import HySAC
-from hysac.testing import TINY_LORA
+from hysac.testing import TINY_EMOJI, TINY_LORA
 from hysac.train import load_config, run_training
 from hysac.errors import InputError
 
 pytestmark = pytest.mark.skipif(not (default_data_dir() / "i2p_dev.csv").is_file(),
                                 reason="shared dev data (../shared/data) not found")
 
-EMOJI = ["1F600", "1F431", "1F436", "1F34E", "1F697", "2600", "1F333", "1F3E0", "26BD", "1F382",
-         "1F52B", "1F5E1", "1F480", "1F489", "1F4A3", "2620", "1F595", "1FA78"]
+EMOJI = TINY_EMOJI
 
 
 def _cfg(tmp, clip, out, **over):

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 
+#: OpenMoji codepoints of the tiny training runs in the tests: safe everyday emoji and unsafe-ish ones (gun, dagger,
+#: skull, syringe, bomb, skull and crossbones, middle finger, drop of blood)
+TINY_EMOJI = ["1F600", "1F431", "1F436", "1F34E", "1F697", "2600", "1F333", "1F3E0", "26BD", "1F382",
+              "1F52B", "1F5E1", "1F480", "1F489", "1F4A3", "2620", "1F595", "1FA78"]
 TINY_LORA = {"r": 4, "lora_alpha": 1, "lora_dropout": 0.1,
              "target_modules": ["k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding"], "bias": "none"}
 

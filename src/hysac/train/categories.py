@@ -135,10 +135,10 @@ def refit_category_head(head: torch.nn.Module, x_tan: Tensor, multihot: Tensor, 
             "pos_weight_used": None if pw is None else [round(float(v), 4) for v in pw]}
 
 
-def weighted_rows(rows: np.ndarray, weight: np.ndarray | None, share: float) -> np.ndarray:
-    """(N,) weights of a family's rows summing to ``share`` (``weight`` the family's draw probabilities, or None:
+def weighted_rows(n: int, weight: np.ndarray | None, share: float) -> np.ndarray:
+    """(n,) weights of a family's n rows summing to ``share`` (``weight`` the family's draw probabilities, or None:
     uniform)."""
-    if not len(rows):
+    if not n:
         return np.zeros(0)
-    p = np.full(len(rows), 1.0 / len(rows)) if weight is None else np.asarray(weight, dtype=np.float64)
+    p = np.full(n, 1.0 / n) if weight is None else np.asarray(weight, dtype=np.float64)
     return p / p.sum() * float(share)

@@ -1031,7 +1031,7 @@ class Trainer:
             with torch.no_grad():
                 xs.append(L.log_map0(self.embed_pool(tower, fam.rows[:, col]).float(), c))
             ys.append(torch.as_tensor(getattr(fam, cats), dtype=torch.float32))
-            ws.append(torch.as_tensor(weighted_rows(fam.rows, fam.weight if drawn else None, share)))
+            ws.append(torch.as_tensor(weighted_rows(len(fam.rows), fam.weight if drawn else None, share)))
         if not xs:
             raise InputError("category_refit: the training split has no unsafe rows with categories")
         info = refit_category_head(self.model.category_head, torch.cat(xs), torch.cat(ys), torch.cat(ws), refit,
@@ -1051,17 +1051,16 @@ class Trainer:
         save_file(sd, str(d / "best.tmp"))
         (d / "best.tmp").replace(d / "best.safetensors")
 
-    def finish_from(self, model: str | os.PathLike) -> dict[str, Any]:
-        """Skip training: load the weights of ``model`` (a folder or registered name holding a model this config
-        trained, e.g. its ``export_dir``) and run :meth:`finish` on them: category refit (``category_refit``),
+    def finish_from(self, weights: Path) -> dict[str, Any]:
+        """Skip training: load ``weights`` (the ``model.safetensors`` of a model this config trained, as
+        :func:`finish_weights` finds it) and run :meth:`finish` on them: category refit (``category_refit``),
         thresholds, metrics and export. Epoch and step counts are carried over from the model's ``metrics.json``."""
-        weights = finish_weights(model)
-        prev_path = weights.parent / "metrics.json"
+        prev_path = Path(weights).parent / "metrics.json"
         try:
             prev = json.loads(prev_path.read_text()) if prev_path.is_file() else {}
             best_epoch, step = int(prev.get("best_epoch", 1)), int(prev.get("global_step", 0))
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            raise InputError(f"--finish-from {model}: unreadable metrics.json ({e})") from None
+            raise InputError(f"--finish-from: unreadable {prev_path} ({e})") from None
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(dump_config(self.cfg))
         self.state.update(best_epoch=best_epoch - 1, global_step=step)
@@ -1291,9 +1290,9 @@ def run_training(cfg: dict, resume: bool = True, finish_from: str | os.PathLike 
     """Build a :class:`Trainer` from a config dict and run it to the end (or ``max_steps``); with ``finish_from``,
     only the final stage on that model's weights (:meth:`Trainer.finish_from`)."""
     t0 = time.time()
-    if finish_from is not None:
-        finish_weights(finish_from)  # a wrong name or folder fails before the data is built
+    # a wrong name or folder fails before the data is built
+    weights = None if finish_from is None else finish_weights(finish_from)
     trainer = Trainer(cfg)
-    out = trainer.fit(resume=resume) if finish_from is None else trainer.finish_from(finish_from)
+    out = trainer.fit(resume=resume) if weights is None else trainer.finish_from(weights)
     out["seconds"] = round(time.time() - t0, 1)
     return out
