@@ -106,6 +106,17 @@ def test_length_sorted_batches_cover_every_text_once_and_match_tokenize(bb):
         bb.length_sorted_batches(["ok", 3], 2)
 
 
+def test_token_counts_tell_which_texts_the_tower_cuts(bb):
+    limit = bb.max_text_tokens()
+    assert isinstance(limit, int) and limit > 2
+    long = " ".join(["cat"] * (limit + 10))
+    counts = bb.text_token_counts(["a cat", long, "x"])
+    read = [int(bb.tokenize([t])["attention_mask"].sum()) for t in ("a cat", long, "x")]
+    assert counts[0] == read[0] and counts[2] == read[2]  # a short text is read whole
+    assert counts[1] > limit and read[1] == limit  # a long one is cut to the limit
+    assert bb.text_token_counts([]) == []
+
+
 def test_pixel_spec_reproduces_preprocess_images(bb, images):
     spec = bb.pixel_spec()
     if spec is None:

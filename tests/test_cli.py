@@ -34,6 +34,17 @@ def test_classify_text_file_json_with_bad_lines(model_dir, tmp_path):
         assert r["unsafe"] == (r["score"] > r["threshold"])
 
 
+def test_classify_marks_texts_longer_than_the_model_reads(model_dir):
+    long = " ".join(["a cat on a mat"] * 20)  # far beyond the tiny text tower's 24 positions
+    res = runner.invoke(app, ["classify", "--model", str(model_dir), "--text", "a cat", "--text", long, "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["truncated"] for r in rows] == [False, True]
+    table = runner.invoke(app, ["classify", "--model", str(model_dir), "--text", "a cat", "--text", long])
+    assert table.exit_code == 0, table.output
+    assert "1 text is longer than the model reads (24 tokens)" in table.stdout
+
+
 def test_classify_images_and_table(model_dir, tmp_path):
     from PIL import Image
 

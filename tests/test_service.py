@@ -89,6 +89,10 @@ def test_classify_texts_matches_library(client, env):
         assert got["score"] == pytest.approx(exp["score"], abs=1e-6)
         assert got["threshold"] == pytest.approx(exp["threshold"])
         assert set(got["categories"]) == set(exp["categories"])
+    assert [x["truncated"] for x in body["results"]] == [False, False, False]
+    long = " ".join(["a cat on a sofa"] * 40)  # longer than the text tower reads
+    r = client.post("/classify", json={"texts": [long]})
+    assert r.status_code == 200 and r.json()["results"][0]["truncated"] is True
     # an explicit threshold is applied
     r = client.post("/classify", json={"texts": texts, "threshold": 0.0})
     assert all(x["unsafe"] for x in r.json()["results"])
@@ -121,6 +125,7 @@ def test_search_each_mode_matches_searcher(client, searcher, mode):
     assert body["mode"] == mode and body["k"] == 7
     assert body["query"]["text"] == q and body["query"]["modality"] == "text"
     assert isinstance(body["query"]["unsafe"], bool) and body["query"]["top_category"]["name"]
+    assert body["query"]["truncated"] is False
     exp = searcher.search_text([q], mode=mode, k=7)[0]
     assert body["query"]["safety_score"] == pytest.approx(exp.query_safety_score, abs=1e-6)
     assert [x["id"] for x in body["results"]] == [x.id for x in exp.results]

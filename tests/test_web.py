@@ -192,3 +192,25 @@ def test_image_upload_and_error_message(server, browser, tmp_path):
     d.find_element(By.ID, "query").clear()
     d.find_element(By.ID, "submit").click()
     _wait(d, lambda d: "Type a query" in d.find_element(By.ID, "error").text)
+
+
+def test_a_query_longer_than_the_model_reads_is_marked(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, _ = server
+    d = browser
+    d.get(url + "/")
+    _wait(d, lambda d: "indexed items" in d.find_element(By.ID, "health").text, msg="health line")
+    d.find_element(By.ID, "query").send_keys(" ".join(["a cat on a sofa"] * 30))  # beyond the tiny tower's reach
+    d.find_element(By.ID, "submit").click()
+    # the card is drawn again when the results arrive: read it in the page, not through a held element
+    note = 'const n = document.getElementById("cut-note"); return n ? n.textContent : null;'
+    _wait(d, lambda d: d.execute_script(note), msg="note on the cut query")
+    assert "judged and searched by its opening only" in d.execute_script(note)
+    box = d.find_element(By.ID, "query")
+    box.clear()
+    box.send_keys("a cat")
+    d.find_element(By.ID, "submit").click()
+    text = 'const q = document.querySelector("#query-card .qtext"); return q ? q.textContent : null;'
+    _wait(d, lambda d: d.execute_script(text) == "a cat", msg="short query")
+    assert d.execute_script(note) is None

@@ -1,7 +1,9 @@
 """Unsafe-content classification of texts and images: score, decision, categories — one result per input.
 
 Used by ``hysac classify`` and ``POST /classify``. Inputs that cannot be processed (empty line, undecodable bytes,
-unreadable image) get a per-input ``error`` instead of stopping the batch.
+unreadable image) get a per-input ``error`` instead of stopping the batch. A text longer than the text tower reads
+(``hysac-mini``: 128 tokens, about 90 English words) is judged on its opening and marked ``truncated``: split long
+documents into passages to have every part judged.
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ class Classification:
     threshold: float | None = None
     categories: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    #: a text longer than the text tower reads (:meth:`HySAC.text_cut`): judged on its opening only. None for
+    #: images and where the backbone cannot tell
+    truncated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"input": self.input, "modality": self.modality, "score": self.score, "unsafe": self.unsafe,
                "threshold": self.threshold, "categories": self.categories,
-               "top_category": None if self.error is not None else _top_name(self.categories, self.unsafe)}
+               "top_category": None if self.error is not None else _top_name(self.categories, self.unsafe),
+               "truncated": self.truncated}
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -104,8 +110,11 @@ def classify_texts(model: HySAC, items: Sequence[str | tuple[str, str | None]], 
         if r.error is None and not r.input.strip():
             r.error = "empty text"
     ok = [i for i, r in enumerate(results) if r.error is None]
-    emb = model.encode_text([results[i].input for i in ok], batch_size=batch_size)
+    texts = [results[i].input for i in ok]
+    emb = model.encode_text(texts, batch_size=batch_size)
     _fill(model, results, ok, emb, "text", threshold)
+    for i, cut in zip(ok, model.text_cut(texts)):
+        results[i].truncated = cut
     return results
 
 

@@ -266,13 +266,13 @@ def classify(
         for r in results:
             typer.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
-        _print_classification(results)
+        _print_classification(results, m.backbone.max_text_tokens())
     if results and all(r.error for r in results):
         typer.echo(f"error: none of the {len(results)} inputs could be classified", err=True)
         raise typer.Exit(2)
 
 
-def _print_classification(results) -> None:
+def _print_classification(results, max_tokens: int | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -288,8 +288,12 @@ def _print_classification(results) -> None:
         verdict = "[red]UNSAFE[/red]" if r.unsafe else "[green]safe[/green]"
         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.categories.items(), key=lambda kv: -kv[1])[:3]
                         if r.unsafe)
-        table.add_row(shown, f"{r.score:.3f}", verdict, top)
+        table.add_row(shown, f"{r.score:.3f}" + (" *" if r.truncated else ""), verdict, top)
     Console().print(table)
+    cut = sum(1 for r in results if r.truncated)
+    if cut:
+        typer.echo(f"* {cut} text{'s are' if cut > 1 else ' is'} longer than the model reads ({max_tokens} tokens): "
+                   "judged on the opening only; split long documents into passages to have every part judged")
 
 
 @app.command()

@@ -165,6 +165,17 @@ class HySAC(nn.Module):
             inputs = check_texts(inputs)
         return self.runtime.base_features(self, inputs, modality, batch_size=batch_size, progress=progress)
 
+    def text_cut(self, texts: str | Sequence[str]) -> list[bool | None]:
+        """Per text: True when it is longer than the text tower reads (:meth:`Backbone.max_text_tokens`), so that
+        :meth:`encode_text` saw only its opening; False when it was read whole; None where the backbone cannot
+        tell. What ``hysac classify`` and the service report as ``truncated``."""
+        texts = check_texts(texts)
+        limit = self.backbone.max_text_tokens()
+        counts = self.backbone.text_token_counts(texts) if limit is not None and texts else None
+        if counts is None:
+            return [None] * len(texts)
+        return [n > limit for n in counts]
+
     def set_runtime(self, runtime: EncodeRuntime | None = None) -> "HySAC":
         """Run :meth:`encode_text` / :meth:`encode_image` on ``runtime`` (None: the plain one). Fast paths
         (:func:`hysac.fast.optimize`) call this; returns the model."""

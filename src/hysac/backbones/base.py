@@ -66,6 +66,17 @@ def bucketed_token_batches(tokenizer, texts: Sequence[str], batch_size: int,
     return order, gen()
 
 
+def untruncated_token_counts(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Token counts of ``texts`` (special tokens included) without truncation, 256 texts per tokenizer call."""
+    texts = check_texts(texts)
+    out: list[int] = []
+    for i in range(0, len(texts), 256):
+        ids = tokenizer(texts[i:i + 256], padding=False, truncation=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)["input_ids"]
+        out.extend(len(x) for x in ids)
+    return out
+
+
 class Backbone(nn.Module, ABC):
     """Image and text towers plus their preprocessing.
 
@@ -143,6 +154,16 @@ class Backbone(nn.Module, ABC):
                 yield self.tokenize([texts[i] for i in order[s:s + batch_size]])
 
         return order, gen()
+
+    def max_text_tokens(self) -> int | None:
+        """The most tokens the text tower reads of one text (special tokens included); a longer text is cut to its
+        opening. Default: None (no limit known)."""
+        return None
+
+    def text_token_counts(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens of each text before any cut (special tokens included), to compare with :meth:`max_text_tokens`.
+        Default: None (the backbone cannot tell)."""
+        return None
 
     @property
     def has_lora(self) -> bool:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, InputError
 from ..images import PixelSpec
 from . import register_backbone
-from .base import Backbone, bucketed_token_batches, check_texts
+from .base import Backbone, bucketed_token_batches, check_texts, untruncated_token_counts
 
 #: the paper's LoRA recipe (spec §2.2)
 PAPER_LORA = {
@@ -216,6 +216,12 @@ class ClipBackbone(Backbone):
         self.visual.to(dtype)
         self.textual.to(dtype)
         return True
+
+    def max_text_tokens(self) -> int:
+        return self.max_length
+
+    def text_token_counts(self, texts: Sequence[str]) -> list[int]:
+        return untruncated_token_counts(self.tokenizer, texts)
 
     def length_sorted_batches(self, texts: Sequence[str], batch_size: int):
         """Texts tokenised once and batched by token length (see :func:`~.base.bucketed_token_batches`)."""

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, InputError
 from ..images import PixelSpec, to_rgb
 from . import register_backbone
-from .base import Backbone, bucketed_token_batches, check_texts
+from .base import Backbone, bucketed_token_batches, check_texts, untruncated_token_counts
 from .efficientnet_lite import FusedEfficientNetLite, is_efficientnet_lite
 
 TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -665,6 +665,12 @@ class MiniBackbone(Backbone):
         enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+
+    def max_text_tokens(self) -> int:
+        return self.max_length
+
+    def text_token_counts(self, texts: Sequence[str]) -> list[int]:
+        return untruncated_token_counts(self.tokenizer, texts)
 
     def length_sorted_batches(self, texts: Sequence[str], batch_size: int) -> tuple[list[int], Iterator[dict]]:
         """Tokenise ``texts`` once and batch them by token length.

@@ -16,7 +16,8 @@ def image_url(item_id: int) -> str:
 
 
 def query_info(model: Any, x: torch.Tensor, modality: str, text: str | None, image: str | None) -> dict[str, Any]:
-    """The policy's verdict on one encoded query ``x`` (1, D): score, unsafe flag, threshold, categories."""
+    """The policy's verdict on one encoded query ``x`` (1, D): score, unsafe flag, threshold, categories (and, for
+    a text, whether it was longer than the model reads)."""
     v = model.policy.judge(x, modality)
     unsafe = bool(v.unsafe[0])
     cats = v.category_dict(0) if v.categories is not None else None
@@ -27,6 +28,8 @@ def query_info(model: Any, x: torch.Tensor, modality: str, text: str | None, ima
         info["image"] = image
     info.update(safety_score=float(v.scores[0]), unsafe=unsafe, threshold=v.threshold, categories=cats,
                 top_category=safety.top_category(cats, unsafe))
+    if text is not None:  # longer than the text tower reads: judged (and searched) by its opening only
+        info["truncated"] = model.text_cut([text])[0]
     return info
 
 

@@ -83,6 +83,9 @@ class ClassificationOut(BaseModel):
     unsafe: Optional[bool]
     threshold: Optional[float]
     categories: dict[str, float]
+    top_category: Optional[str] = None
+    truncated: Optional[bool] = Field(None, description="A text longer than the model reads: judged on its opening "
+                                                        "only (null for images).")
     error: Optional[str] = None
 
 
@@ -100,6 +103,8 @@ class QueryInfo(BaseModel):
     threshold: float
     categories: Optional[dict[str, float]]
     top_category: Optional[dict[str, Any]]
+    truncated: Optional[bool] = Field(None, description="A text query longer than the model reads: judged and "
+                                                        "searched by its opening only.")
 
 
 class ResultOut(BaseModel):

@@ -147,6 +147,10 @@
     card.append(el("span", { class: "qtext", text: q.modality === "image" ? (q.image || "image") : q.text }));
     card.append(badge(q.unsafe, q.safety_score));
     card.append(el("span", { class: "muted small", text: "threshold " + fmt(q.threshold) }));
+    if (q.truncated) {
+      card.append(el("span", { class: "muted small", id: "cut-note",
+                               text: "longer than the model reads: judged and searched by its opening only" }));
+    }
     const tc = topCategory(q.top_category);
     if (tc) card.append(tc);
     const moving = mode === "redirect" || mode === "redirect+filter" || mode === "seek-unsafe";
