@@ -45,6 +45,24 @@ def test_classify_marks_texts_longer_than_the_model_reads(model_dir):
     assert "1 text is longer than the model reads (24 tokens)" in table.stdout
 
 
+def test_search_marks_a_query_longer_than_the_model_reads(model_dir, tmp_path):
+    src = tmp_path / "items.csv"
+    src.write_text("text\na cat on a mat\na dog in the park\n")
+    res = runner.invoke(app, ["index", "build", str(src), "--out", str(tmp_path / "idx"), "--model", str(model_dir),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    long = " ".join(["a cat on a mat"] * 20)
+    res = runner.invoke(app, ["search", "--index", str(tmp_path / "idx"), "--text", "a cat", "--text", long,
+                              "--json", "-k", "1"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["query_truncated"] for x in res.stdout.splitlines()] == [False, True]
+    res = runner.invoke(app, ["search", "--index", str(tmp_path / "idx"), "--text", long, "-k", "1"])
+    assert res.exit_code == 0 and "longer than the model reads" in res.stdout
+    res = runner.invoke(app, ["traverse", "--model", str(model_dir), "--text", "a cat", "--text", long, "--json"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["truncated"] for x in res.stdout.splitlines()] == [False, True]
+
+
 def test_classify_images_and_table(model_dir, tmp_path):
     from PIL import Image
 

@@ -378,11 +378,13 @@ def traverse(
     mods = ["text"] * len(text) + ["image"] * len(images)
     mv = m.policy.move(x, Mode.REDIRECT, target, query=mods, tau=tau, how=mode)  # type: ignore[arg-type]
     before, after = m.score(x), m.score(mv.points)
+    cut = (m.text_cut(list(text)) if text else []) + [None] * len(images)
     for i, (inp, b, a) in enumerate(zip(inputs, before.tolist(), after.tolist())):
         row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),
-               "radius": mv.radius, "moved": bool(mv.moved[i]), "status": mv.describe(i)}
+               "radius": mv.radius, "moved": bool(mv.moved[i]), "status": mv.describe(i), "truncated": cut[i]}
         typer.echo(json.dumps(row, ensure_ascii=False) if json_out else
-                   f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {one_line(inp)}")
+                   f"{b:8.4f} -> {a:8.4f}  {'moved' if row['moved'] else 'kept '}  {one_line(inp)}"
+                   + ("  (longer than the model reads: its opening)" if cut[i] else ""))
 
 
 @app.command()

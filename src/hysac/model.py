@@ -171,7 +171,9 @@ class HySAC(nn.Module):
         tell. What ``hysac classify`` and the service report as ``truncated``."""
         texts = check_texts(texts)
         limit = self.backbone.max_text_tokens()
-        counts = self.backbone.text_token_counts(texts) if limit is not None and texts else None
+        if limit is None or not texts:
+            return [None] * len(texts)
+        counts = self.backbone.text_token_counts(texts)
         if counts is None:
             return [None] * len(texts)
         return [n > limit for n in counts]

@@ -256,6 +256,8 @@ def _print_tables(results: list[Any]) -> None:
     console = Console()
     for qr in results:
         flag = " [red](unsafe)[/red]" if qr.query_unsafe else ""
+        if qr.query_truncated:
+            flag += " (longer than the model reads: searched by its opening)"
         t = Table(title=f"{qr.query_modality} query: {escape(repr(qr.query))}{flag} — mode {qr.mode} "
                         f"(safety score {qr.query_safety_score:.3f})", title_justify="left")
         for col in ("#", "dist", "safety", "unsafe", "modality", "text / path", "top category"):

@@ -117,6 +117,9 @@ class QueryResult:
     query_safety_score: float
     query_unsafe: bool | None
     results: list[SearchResult] = field(default_factory=list)
+    #: a text query longer than the model reads (``HySAC.text_cut``): judged and searched by its opening only;
+    #: None for images and for models that cannot tell
+    query_truncated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +129,7 @@ class QueryResult:
             "k": self.k,
             "query_safety_score": self.query_safety_score,
             "query_unsafe": self.query_unsafe,
+            "query_truncated": self.query_truncated,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -449,7 +453,12 @@ class IndexSearcher:
         qmods = [m for p in parts for m in p[1]]
         x = torch.cat([torch.as_tensor(p[2]).to(torch.float32) for p in parts], dim=0)
         results = self.search(x, k=k, mode=mode, query_modality=qmods, **kwargs)
-        return self._wrap(labels, qmods, x, results, mode, k)
+        out = self._wrap(labels, qmods, x, results, mode, k)
+        cut = getattr(self.model, "text_cut", None)  # optional in the index's model protocol
+        if texts and cut is not None:
+            for qr, c in zip(out, cut(texts)):
+                qr.query_truncated = c
+        return out
 
     def search_text(self, texts: Sequence[str], **kwargs: Any) -> list[QueryResult]:
         return self.search_queries(texts=texts, **kwargs)
