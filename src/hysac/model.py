@@ -168,7 +168,7 @@ class HySAC(nn.Module):
     def text_cut(self, texts: str | Sequence[str]) -> list[bool | None]:
         """Per text: True when it is longer than the text tower reads (:meth:`Backbone.max_text_tokens`), so that
         :meth:`encode_text` saw only its opening; False when it was read whole; None where the backbone cannot
-        tell. What ``hysac classify`` and the service report as ``truncated``."""
+        tell. What ``classify``, ``search``, ``traverse`` and the service report as ``truncated``."""
         texts = check_texts(texts)
         limit = self.backbone.max_text_tokens()
         if limit is None or not texts:
