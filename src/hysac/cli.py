@@ -378,7 +378,7 @@ def traverse(
     mods = ["text"] * len(text) + ["image"] * len(images)
     mv = m.policy.move(x, Mode.REDIRECT, target, query=mods, tau=tau, how=mode)  # type: ignore[arg-type]
     before, after = m.score(x), m.score(mv.points)
-    cut = (m.text_cut(list(text)) if text else []) + [None] * len(images)
+    cut = m.text_cut(list(text)) + [None] * len(images)  # text_cut([]) is []
     for i, (inp, b, a) in enumerate(zip(inputs, before.tolist(), after.tolist())):
         row = {"input": inp, "target": target, "score_before": round(b, 5), "score_after": round(a, 5),
                "radius": mv.radius, "moved": bool(mv.moved[i]), "status": mv.describe(i), "truncated": cut[i]}
