@@ -126,6 +126,12 @@ def test_one_fold_end_to_end_with_the_probe_and_safe_clip_columns(tmp_path):
         assert 0.0 <= r["unsafe_safe_top1"] <= 1.0, (method, r)
     assert 0.0 <= fold["retrieval"]["hysac"]["safe_keep_top1"] <= 1.0
     assert (tmp_path / "out" / "requests-safeclip" / "log.jsonl").is_file()  # its own run, beside the fold's
+    # the fold's text threshold, the register that set it and how far resampling its validation texts moves it
+    spread = json.loads((tmp_path / "out" / "requests" / "metrics.json").read_text())["text_threshold"]
+    model_cfg = json.loads((tmp_path / "out" / "requests" / "model" / "config.json").read_text())
+    assert spread["threshold"] == pytest.approx(model_cfg["bounds"]["thresholds"]["text"])
+    assert spread["set_by"].split("+")[0] in {"prompts", "captions", "moderation", "tweets", "contrast"}
+    assert spread["bootstrap_sd"] >= 0.0 and spread["bootstrap_q05"] <= spread["bootstrap_q95"]
     saved = json.loads((tmp_path / "out" / "loso.json").read_text())
     assert saved["folds"][0]["safe-clip"] == fold["safe-clip"]
     header = (tmp_path / "out" / "loso.md").read_text().splitlines()[4]

@@ -416,3 +416,33 @@ def test_register_threshold_pools_a_small_styled_register_with_its_group():
     assert register_threshold(scores, labels, sources, "moderation=0.1", min_texts=0) == 5.0
     big = np.array(["moderation"] * 100 + ["moderation+style"] * 10)
     assert register_threshold(scores, labels, big, "moderation=0.1", min_texts=10) == 5.0  # large enough: alone
+
+
+def test_register_threshold_spread_names_the_register_that_sets_it_and_how_far_it_moves():
+    """The threshold of :func:`register_threshold`, the register whose quantile sets it (here the one with the
+    higher safe scores, although its rate is looser), and a bootstrap spread that is seeded, shrinks with more
+    texts, and is zero when resampling cannot move any quantile."""
+    from hysac.train.trainer import register_threshold, register_threshold_spread
+
+    rng = np.random.default_rng(1)
+
+    def texts(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scores = np.r_[rng.normal(0.0, 1.0, n), rng.normal(1.0, 1.0, n), rng.normal(3.0, 1.0, n)]
+        labels = np.r_[np.zeros(2 * n, int), np.ones(n, int)]  # unsafe texts never count
+        sources = np.array(["coco"] * n + ["moderation"] * n + ["moderation"] * n)
+        return scores, labels, sources
+
+    spec = "captions=0.04,moderation=0.09"
+    scores, labels, sources = texts(200)
+    small = register_threshold_spread(scores, labels, sources, spec, draws=500)
+    assert small["threshold"] == register_threshold(scores, labels, sources, spec)
+    assert small["set_by"] == "moderation"
+    assert small == register_threshold_spread(scores, labels, sources, spec, draws=500)  # seeded
+    assert 0.0 < small["bootstrap_sd"] and small["bootstrap_q05"] < small["threshold"] < small["bootstrap_q95"]
+    large = register_threshold_spread(*texts(20_000), spec, draws=200)
+    assert large["bootstrap_sd"] < small["bootstrap_sd"] / 4  # s.d. of a quantile ~ 1/sqrt(n): 10x the texts
+    flat = register_threshold_spread(np.r_[np.zeros(50), np.ones(50)], np.zeros(100, int),
+                                     np.array(["coco"] * 50 + ["tweets"] * 50), "0.05", draws=50)
+    assert flat["threshold"] == 1.0 and flat["set_by"] == "tweets" and flat["bootstrap_sd"] == 0.0
+    with pytest.raises(ValueError, match="draws"):
+        register_threshold_spread(scores, labels, sources, spec, draws=1)

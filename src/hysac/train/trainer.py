@@ -821,10 +821,11 @@ class Trainer:
             t = self.model.lift_text(self.feat.text(torch.as_tensor(es.text_idx)).float()).cpu()
         return L.dist0(t, self.model.curvature).numpy()
 
-    def _register_fpr_threshold(self, spec: str) -> float:
-        """:func:`register_threshold` of the model's validation scores."""
+    def _register_fpr_threshold(self, spec: str) -> dict:
+        """:func:`register_threshold_spread` of the model's validation scores: the threshold, the register that
+        sets it and its bootstrap spread."""
         es = self.data.val
-        return register_threshold(self._text_scores("val"), es.text_label, es.text_source, spec)
+        return register_threshold_spread(self._text_scores("val"), es.text_label, es.text_source, spec)
 
     def _image_scores(self, split: str) -> np.ndarray:
         es = getattr(self.data, split)
@@ -1089,7 +1090,12 @@ class Trainer:
             tlab = np.concatenate([np.zeros(len(dists["S"])), np.ones(len(dists["U"]))])
             crit = self.cfg.get("threshold_criterion", "youden")
             if str(crit).startswith("register_fpr@"):
-                thresholds["text"] = self._register_fpr_threshold(str(crit).split("@", 1)[1])
+                spread = self._register_fpr_threshold(str(crit).split("@", 1)[1])
+                thresholds["text"] = spread["threshold"]
+                result["text_threshold"] = spread
+                self.log(f"text threshold {spread['threshold']:.4f}, set by {spread['set_by']}; bootstrap s.d. "
+                         f"{spread['bootstrap_sd']:.4f} (5-95 %: {spread['bootstrap_q05']:.4f}-"
+                         f"{spread['bootstrap_q95']:.4f})")
                 crit = "youden"  # images: no registers
             else:
                 thresholds["text"] = float(best_threshold(tscores, tlab, crit)[0])
@@ -1198,16 +1204,10 @@ def _engine_tag(backbone, tower: str) -> str:
 MIN_REGISTER_TEXTS = 50
 
 
-def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str,
-                       min_texts: int = MIN_REGISTER_TEXTS) -> float:
-    """The lowest threshold at which the false-positive rate of the safe texts of *every* register (source group;
-    styled copies as a register of their own) is at most its target rate.
-
-    ``spec`` is one rate for all registers (``"0.05"``) or per source group
-    (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
-    strictest rate given). A styled register with fewer than ``min_texts`` safe texts is counted with its source
-    group: the 91st percentile of 17 texts is their second-highest score, so one text would set the threshold for
-    every register."""
+def _register_groups(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str,
+                     min_texts: int) -> list[tuple[str, np.ndarray, float]]:
+    """(register, its safe texts' scores, its target FPR) for every register with safe texts, a styled register
+    with fewer than ``min_texts`` safe texts pooled with its source group (see :func:`register_threshold`)."""
     from ..data.corpus import register_key
 
     targets = parse_rate_spec(spec)
@@ -1218,8 +1218,46 @@ def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarr
     for key in np.unique(keys[safe]):
         if "+" in key and int((safe & (keys == key)).sum()) < min_texts:
             keys[keys == key] = key.split("+", 1)[0]
-    return _worst_quantile([(scores[safe & (keys == key)], targets.get(key.split("+", 1)[0], fallback))
-                            for key in np.unique(keys[safe])])
+    return [(str(key), scores[safe & (keys == key)], targets.get(key.split("+", 1)[0], fallback))
+            for key in np.unique(keys[safe])]
+
+
+def register_threshold(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str,
+                       min_texts: int = MIN_REGISTER_TEXTS) -> float:
+    """The lowest threshold at which the false-positive rate of the safe texts of *every* register (source group;
+    styled copies as a register of their own) is at most its target rate.
+
+    ``spec`` is one rate for all registers (``"0.05"``) or per source group
+    (``"prompts=0.03,captions=0.03,requests=0.06,moderation=0.06,tweets=0.06"``; a group not named gets the
+    strictest rate given). A styled register with fewer than ``min_texts`` safe texts is counted with its source
+    group: the 91st percentile of 17 texts is their second-highest score, so one text would set the threshold for
+    every register."""
+    return _worst_quantile([(g, rate) for _, g, rate in _register_groups(scores, labels, sources, spec, min_texts)])
+
+
+def register_threshold_spread(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str, *,
+                              draws: int = 1000, seed: int = 0, min_texts: int = MIN_REGISTER_TEXTS) -> dict:
+    """How steady :func:`register_threshold` is on these texts: the threshold, the register whose quantile sets it,
+    and the threshold's spread over ``draws`` bootstrap draws (each register's safe texts resampled with
+    replacement, seeded). The threshold is the largest of a dozen high quantiles of a few hundred texts each, so
+    two trainings whose thresholds differ by less than about one ``bootstrap_sd`` do not differ in it measurably.
+
+    (N,) scores, (N,) labels (1 unsafe), (N,) source names → ``{"threshold", "set_by", "bootstrap_sd",
+    "bootstrap_q05", "bootstrap_q95", "draws"}`` (floats; ``set_by`` a register name)."""
+    if draws < 2:
+        raise ValueError(f"register_threshold_spread: need at least 2 draws, got {draws}")
+    groups = _register_groups(scores, labels, sources, spec, min_texts)
+    if not groups:
+        raise ValueError("register_threshold_spread: no safe texts")
+    tops = [float(np.quantile(g, 1.0 - rate, method="higher")) for _, g, rate in groups]
+    rng = np.random.default_rng(seed)
+    boot = np.full(draws, -np.inf)
+    for _, g, rate in groups:  # one register at a time: (draws, n) resamples of its n safe scores
+        boot = np.maximum(boot, np.quantile(g[rng.integers(0, len(g), (draws, len(g)))], 1.0 - rate, axis=1,
+                                            method="higher"))
+    return {"threshold": max(tops), "set_by": groups[int(np.argmax(tops))][0], "bootstrap_sd": float(boot.std()),
+            "bootstrap_q05": float(np.quantile(boot, 0.05)), "bootstrap_q95": float(np.quantile(boot, 0.95)),
+            "draws": int(draws)}
 
 
 def _worst_quantile(groups: list[tuple[np.ndarray, float]]) -> float:
