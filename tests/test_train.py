@@ -418,7 +418,7 @@ def test_register_threshold_pools_a_small_styled_register_with_its_group():
     assert register_threshold(scores, labels, big, "moderation=0.1", min_texts=10) == 5.0  # large enough: alone
 
 
-def test_register_threshold_spread_names_the_register_that_sets_it_and_how_far_it_moves():
+def test_register_threshold_spread_names_the_register_that_sets_it_and_how_far_it_moves(monkeypatch):
     """The threshold of :func:`register_threshold`, the register whose quantile sets it (here the one with the
     higher safe scores, although its rate is looser), and a bootstrap spread that is seeded, shrinks with more
     texts, and is zero when resampling cannot move any quantile."""
@@ -446,3 +446,8 @@ def test_register_threshold_spread_names_the_register_that_sets_it_and_how_far_i
     assert flat["threshold"] == 1.0 and flat["set_by"] == "tweets" and flat["bootstrap_sd"] == 0.0
     with pytest.raises(ValueError, match="draws"):
         register_threshold_spread(scores, labels, sources, spec, draws=1)
+    # resampled in chunks when a register is large (memory bounded): the same spread, to sampling error
+    monkeypatch.setattr("hysac.train.trainer._BOOTSTRAP_CELLS", 50)
+    chunked = register_threshold_spread(scores, labels, sources, spec, draws=500)
+    assert chunked["threshold"] == small["threshold"] and chunked["set_by"] == small["set_by"]
+    assert chunked["bootstrap_sd"] == pytest.approx(small["bootstrap_sd"], rel=0.3)

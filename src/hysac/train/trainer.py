@@ -1202,6 +1202,8 @@ def _engine_tag(backbone, tower: str) -> str:
 
 #: a styled register with fewer safe validation texts than this is pooled with its source group for the threshold
 MIN_REGISTER_TEXTS = 50
+#: resampled scores held at once by :func:`register_threshold_spread` (16 MB of float64)
+_BOOTSTRAP_CELLS = 2_000_000
 
 
 def _register_groups(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, spec: str,
@@ -1243,7 +1245,7 @@ def register_threshold_spread(scores: np.ndarray, labels: np.ndarray, sources: n
     two trainings whose thresholds differ by less than about one ``bootstrap_sd`` do not differ in it measurably.
 
     (N,) scores, (N,) labels (1 unsafe), (N,) source names → ``{"threshold", "set_by", "bootstrap_sd",
-    "bootstrap_q05", "bootstrap_q95", "draws"}`` (floats; ``set_by`` a register name)."""
+    "bootstrap_q05", "bootstrap_q95", "draws"}`` (``set_by`` a register name, ``draws`` an int, the rest floats)."""
     if draws < 2:
         raise ValueError(f"register_threshold_spread: need at least 2 draws, got {draws}")
     groups = _register_groups(scores, labels, sources, spec, min_texts)
@@ -1252,9 +1254,12 @@ def register_threshold_spread(scores: np.ndarray, labels: np.ndarray, sources: n
     tops = [float(np.quantile(g, 1.0 - rate, method="higher")) for _, g, rate in groups]
     rng = np.random.default_rng(seed)
     boot = np.full(draws, -np.inf)
-    for _, g, rate in groups:  # one register at a time: (draws, n) resamples of its n safe scores
-        boot = np.maximum(boot, np.quantile(g[rng.integers(0, len(g), (draws, len(g)))], 1.0 - rate, axis=1,
-                                            method="higher"))
+    for _, g, rate in groups:  # one register at a time: (draws, n) resamples of its n safe scores, in chunks of
+        step = max(1, _BOOTSTRAP_CELLS // len(g))  # at most _BOOTSTRAP_CELLS resampled scores (memory stays bounded)
+        for lo in range(0, draws, step):
+            hi = min(draws, lo + step)
+            boot[lo:hi] = np.maximum(boot[lo:hi], np.quantile(g[rng.integers(0, len(g), (hi - lo, len(g)))],
+                                                              1.0 - rate, axis=1, method="higher"))
     return {"threshold": max(tops), "set_by": groups[int(np.argmax(tops))][0], "bootstrap_sd": float(boot.std()),
             "bootstrap_q05": float(np.quantile(boot, 0.05)), "bootstrap_q95": float(np.quantile(boot, 0.95)),
             "draws": int(draws)}
