@@ -440,7 +440,7 @@ def test_register_threshold_spread_names_the_register_that_sets_it_and_how_far_i
     assert small == register_threshold_spread(scores, labels, sources, spec, draws=500)  # seeded
     assert 0.0 < small["bootstrap_sd"] and small["bootstrap_q05"] < small["threshold"] < small["bootstrap_q95"]
     large = register_threshold_spread(*texts(20_000), spec, draws=200)
-    assert large["bootstrap_sd"] < small["bootstrap_sd"] / 4  # s.d. of a quantile ~ 1/sqrt(n): 10x the texts
+    assert large["bootstrap_sd"] < small["bootstrap_sd"] / 4  # s.d. of a quantile ~ 1/sqrt(n): 100x the texts, 1/10 the s.d.
     flat = register_threshold_spread(np.r_[np.zeros(50), np.ones(50)], np.zeros(100, int),
                                      np.array(["coco"] * 50 + ["tweets"] * 50), "0.05", draws=50)
     assert flat["threshold"] == 1.0 and flat["set_by"] == "tweets" and flat["bootstrap_sd"] == 0.0
