@@ -27,6 +27,24 @@ def test_unknown_corpus_key_is_refused():
         CorpusConfig.from_dict({"max_cocoa": 3})
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("max_coco", -1, "data.corpus.max_coco: must be >= 0, got -1"),
+    ("max_offensive", -5, "data.corpus.max_offensive: must be >= 0, got -5"),
+    ("style_max_words", -1, "data.corpus.style_max_words: must be >= 0, got -1"),
+    ("style_fraction", 1.5, "data.corpus.style_fraction: must be between 0 and 1, got 1.5"),
+    ("contrast_acts", 11, "data.corpus.contrast_acts: must be between 0 and 10, got 11"),
+    ("contrast_stance", 99, "data.corpus.contrast_stance: must be between 0 and 14, got 99"),
+    ("contrast_stills", -1, "data.corpus.contrast_stills: must be between 0 and 10, got -1"),
+    ("contrast_group_requests", 50, "data.corpus.contrast_group_requests: must be between 0 and"),
+])
+def test_out_of_range_counts_are_refused_by_name(key, value, message):
+    """A count the corpus cannot draw (more frames than a family has, a negative cap) is one named line, not a
+    numpy traceback from deep in the sampling."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        CorpusConfig.from_dict({key: value})
+    CorpusConfig.from_dict({key: 0})  # the lower end is allowed
+
+
 @needs_data
 def test_styler_uses_the_template_and_is_seeded():
     a, b = Styler(seed=1), Styler(seed=1)
@@ -218,6 +236,28 @@ def test_stance_and_replies_put_the_same_words_on_both_sides():
     pd.testing.assert_frame_equal(before, off.reset_index(drop=True))
 
 
+def test_stills_put_each_thing_in_the_same_frames_on_both_sides():
+    """``stills``: every (harmless, harmful) thing of STILLS in the same drawn frames on both sides, the harmful
+    one with its categories; off by default; drawn last, so the other families are as they were."""
+    from hysac.data.contrast import STILL_FRAMES, STILLS, contrast_texts
+
+    d = contrast_texts(seed=0, frames_per_still=3)
+    st = d[d["family"] == "stills"]
+    assert len(st) == 2 * 3 * len(STILLS)
+    label = dict(zip(st["text"], st["label"]))
+    cats = dict(zip(st["text"], st["categories"]))
+    for harmless, harmful, c in STILLS:
+        safe_frames = {f for f in STILL_FRAMES if f.format(x=harmless) in label}
+        unsafe_frames = {f for f in STILL_FRAMES if f.format(x=harmful) in label}
+        assert len(safe_frames) == 3 and safe_frames == unsafe_frames, harmless
+        assert all(label[f.format(x=harmless)] == 0 and cats[f.format(x=harmless)] == [] for f in safe_frames)
+        assert all(label[f.format(x=harmful)] == 1 and cats[f.format(x=harmful)] == c.split(";")
+                   for f in unsafe_frames)
+    default = contrast_texts(seed=0)
+    assert "stills" not in set(default["family"])
+    pd.testing.assert_frame_equal(d[d["family"] != "stills"].reset_index(drop=True), default)
+
+
 def test_contrast_pairs_stay_apart_from_the_hand_written_checks():
     """The plain-language checks (tests/data) measure what the model learned, so no contrast text may be a near
     copy of one (token Jaccard < 0.6: the shared frames "how do I ..." are allowed, the objects are not)."""
@@ -232,7 +272,7 @@ def test_contrast_pairs_stay_apart_from_the_hand_written_checks():
 
     with open(Path(__file__).parent / "data" / "plain_language_checks.csv", newline="") as fh:
         checks = [toks(r["text"]) for r in csv.DictReader(fh)]
-    texts = [toks(t) for t in contrast_texts(claims_per_group=3, replies=True)["text"]]  # opt-in families too
+    texts = [toks(t) for t in contrast_texts(claims_per_group=3, replies=True, frames_per_still=10)["text"]]  # opt-in too
     worst = max(len(c & t) / len(c | t) for c in checks for t in texts)
     assert worst < 0.6, worst
 

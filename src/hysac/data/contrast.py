@@ -7,7 +7,7 @@ respect" with "<group> are vermin". Counterfactual minimal pairs are the standar
 each family below writes the same frame and the same trigger word (or the same group) with a harmless and a harmful
 completion, so only the meaning separates the classes.
 
-Ten families, the last two opt-in (everything here is written for this corpus, not taken from any data set; the hand-written checks in
+Eleven families, the last three opt-in (everything here is written for this corpus, not taken from any data set; the hand-written checks in
 ``tests/data/plain_language_checks.csv`` share none of these objects, a test keeps it so):
 
 * ``senses``: a question or instruction frame around a verb with a harmless sense and a harmful one
@@ -42,7 +42,12 @@ Ten families, the last two opt-in (everything here is written for this corpus, n
 * ``replies``: a reply in a thread or a comment section, civil vs. abusive about the same thing: insults, wishes of
   harm, threats and sexual coercion aimed at the person addressed ("I hope your interview goes great tomorrow" /
   "I hope you get run over by a bus on the way to your interview"), with profanity on the civil side too
-  ("holy shit, that concert was incredible"), so that swearing alone predicts nothing.
+  ("holy shit, that concert was incredible"), so that swearing alone predicts nothing;
+* ``stills``: what an image shows when no person is its subject, in caption and prompt frames ("a photo of",
+  "a news photo of", "..., 4k, highly detailed"): the same head noun harmless or harmful ("a pile of autumn leaves
+  under an oak tree" / "a pile of dead bodies dumped in a ditch", "a jar of pickled cucumbers" / "a jar of preserved
+  human eyeballs"), dark-but-safe things on the safe side. Every unsafe caption of ``scenes`` has a person as its
+  subject; without this family the model passed unsafe images described by what lies in them.
 
 :func:`contrast_texts` enumerates them (seeded) as one frame with ``text``, ``label`` (1 unsafe), ``categories``
 and ``family``.
@@ -569,13 +574,86 @@ REPLIES: tuple[tuple[str, str, str], ...] = (
     ("can we keep this discussion civil please", "shut up, snowflake, go cry to your mommy", "harassment"),
 )
 
+#: the ``stills`` family: what an image shows when no person is its subject (a pile, a jar, a wall, a screen ...),
+#: harmless vs. violent, gory, sexual, self-harming, hateful or illegal; the same head noun on both sides, and
+#: dark-but-safe things (moss on a log, oysters on ice) on the safe side: (safe, unsafe, categories)
+STILLS: tuple[tuple[str, str, str], ...] = (
+    ("a pile of autumn leaves under an oak tree", "a pile of dead bodies dumped in a ditch", "violence;shocking"),
+    ("a heap of old shoes at a flea market", "a heap of charred corpses after a bombing", "violence;shocking"),
+    ("a fallen log covered in moss and mushrooms", "a decomposing human corpse left in a bathtub", "shocking"),
+    ("a bucket of fresh oysters on ice", "a bucket full of severed human fingers", "shocking;violence"),
+    ("a table covered in craft supplies", "a table covered in bags of cocaine and stacks of cash",
+     "illegal activity"),
+    ("a suitcase full of holiday clothes", "a suitcase stuffed with bricks of heroin", "illegal activity"),
+    ("a printer printing family photos", "a printer churning out counterfeit hundred dollar bills",
+     "illegal activity"),
+    ("a wall painted with a colourful mural of birds", "a wall spray-painted with swastikas and racist slurs", "hate"),
+    ("a flag waving over a school on a sunny day", "a nazi flag hanging over a rally of skinheads", "hate"),
+    ("a poster advertising a community bake sale", "a poster calling for the extermination of immigrants",
+     "hate;violence"),
+    ("a cartoon of a cat chasing a mouse", "a cartoon mocking jews with hooked noses and bags of money", "hate"),
+    ("a couple holding hands on a beach at sunset", "a couple having explicit intercourse on a sofa", "sexual"),
+    ("a magazine cover with a fashion model in a winter coat", "a porn magazine cover with fully nude models",
+     "sexual"),
+    ("a webcam stream of a cooking class", "a webcam stream of a live sex show", "sexual"),
+    ("a sketch of a ballet dancer stretching", "a graphic drawing of genitals and sex acts", "sexual"),
+    ("a bathroom sink with a bar of soap", "a bathroom sink full of blood and razor blades after a suicide attempt",
+     "self-harm;shocking"),
+    ("a wrist wearing a silver bracelet", "a wrist covered in fresh self-inflicted cuts", "self-harm"),
+    ("a pill organiser on a nightstand", "a handful of pills next to a goodbye note", "self-harm"),
+    ("a rope swing hanging from a tree by a lake", "a noose hanging from a ceiling beam above a kicked-over stool",
+     "self-harm"),
+    ("a dog sleeping in front of a fireplace", "a dog with its throat slit lying in the snow", "violence;shocking"),
+    ("a cow grazing in a green pasture", "a cow being skinned alive at a slaughterhouse", "violence;shocking"),
+    ("a car parked outside a bakery", "a car riddled with bullet holes and bodies slumped inside", "violence"),
+    ("a street after a parade with confetti everywhere", "a street after a suicide bombing with body parts everywhere",
+     "violence;shocking"),
+    ("a hospital bed with fresh white sheets", "a hospital bed soaked in blood from a gunshot wound",
+     "violence;shocking"),
+    ("a chef's knife on a cutting board with carrots", "a bloody knife beside a murdered woman on the floor",
+     "violence"),
+    ("a wooden crate of apples", "a wooden crate with a bound and gagged child inside", "violence"),
+    ("a basement workshop full of tools", "a basement torture chamber with chains and blood-stained walls",
+     "violence;shocking"),
+    ("a field of sunflowers at dawn", "a field of mass graves with exposed skeletons", "shocking;violence"),
+    ("a jar of pickled cucumbers", "a jar of preserved human eyeballs", "shocking"),
+    ("a plate of spaghetti with tomato sauce", "a plate of human intestines served at a dinner table", "shocking"),
+    ("a pond with goldfish near the surface", "a river full of bloated floating corpses", "shocking"),
+    ("a laptop screen showing a spreadsheet", "a laptop screen showing stolen credit card numbers for sale",
+     "illegal activity"),
+    ("a backpack with school books", "a backpack packed with nail bombs", "violence;illegal activity"),
+    ("a garden shed full of flower pots", "a garden shed full of cannabis plants grown for dealing",
+     "illegal activity"),
+    ("a classroom whiteboard with math equations", "a classroom whiteboard covered in threats to shoot the students",
+     "violence;harassment"),
+    ("a phone screen showing a birthday message", "a phone screen showing a message calling a girl a fat ugly whore",
+     "harassment"),
+    ("a school locker decorated with stickers", "a school locker with 'kill yourself, freak' scrawled on it",
+     "harassment;self-harm"),
+    ("a sign welcoming refugees to the town", "a sign saying refugees will be shot on sight", "hate;violence"),
+    ("a meme of a cat wearing sunglasses", "a meme calling black people monkeys", "hate"),
+    ("a crowd cheering at a football match", "a crowd beating a man to death in the street", "violence"),
+    ("a healed scar on a knee", "an open wound with the bone sticking out", "shocking"),
+    ("a child's drawing of a rainbow", "a face melted by an acid attack", "shocking;violence"),
+    ("a halloween display of plastic skulls and fake cobwebs", "a display of real human skulls taken as war trophies",
+     "shocking;violence"),
+    ("a zombie costume at a street parade", "a beheaded body lying on a sidewalk", "violence;shocking"),
+)
+
+#: frames of the ``stills`` family ({x}: what the image shows), the same on both sides of a pair
+STILL_FRAMES = ("a photo of {x}", "a close up of {x}", "an image of {x}", "a video of {x}", "{x}",
+                "a grainy photo of {x}", "a news photo of {x}", "a painting of {x}", "{x}, 4k, highly detailed",
+                "a still from a film showing {x}")
+
 #: defaults of :func:`contrast_texts` (and of ``data.corpus``) for the families that can be turned on or off;
-#: ``stance`` and ``replies`` are off by default (opt in with ``data.corpus.contrast_stance=3`` and
-#: ``data.corpus.contrast_replies=true``; what they cost and buy is measured in the README)
+#: ``stance``, ``replies`` and ``stills`` are off by default (opt in with ``data.corpus.contrast_stance=3``,
+#: ``data.corpus.contrast_replies=true`` and ``data.corpus.contrast_stills=4``; what they cost and buy is measured
+#: in the README)
 FRAMES_PER_ACT = 4
 GROUP_REQUESTS = 2
 CLAIMS_PER_GROUP = 0
 WITH_REPLIES = False
+FRAMES_PER_STILL = 0
 
 #: frames for the ``acts`` family ({a}: an infinitive act), across registers: questions, instructions, first-person
 #: plans and chat, so neither the frame nor the register says which side a text is on
@@ -604,7 +682,7 @@ def _pair_rows(pairs, family: str) -> list[tuple[str, int, list[str], str]]:
 def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6, scenes: int = 500,
                    frames_per_request: int = 4, leads_per_task: int = 3, frames_per_act: int = FRAMES_PER_ACT,
                    group_requests: int = GROUP_REQUESTS, claims_per_group: int = CLAIMS_PER_GROUP,
-                   replies: bool = WITH_REPLIES) -> pd.DataFrame:
+                   replies: bool = WITH_REPLIES, frames_per_still: int = FRAMES_PER_STILL) -> pd.DataFrame:
     """Every family as one frame: ``text``, ``label`` (1 unsafe), ``categories`` (list), ``family``.
 
     ``frames_per_sense`` frames are drawn per (verb, object); ``per_group`` safe and ``per_group`` hateful statements
@@ -612,7 +690,9 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
     question; ``leads_per_task`` lead verbs per written task; ``group_requests`` respectful and ``group_requests``
     hateful requests per group; ``frames_per_act`` frames per act pair, the same on both sides;
     ``claims_per_group`` claims of :data:`STANCE_CLAIMS` per group, each asserted once and rebutted once, and two
-    complaints per non-group target; ``replies`` adds :data:`REPLIES` (all seeded; 0 / False leaves a family out)."""
+    complaints per non-group target; ``replies`` adds :data:`REPLIES`; ``frames_per_still`` frames of
+    :data:`STILL_FRAMES` per pair of :data:`STILLS`, the same on both sides (all seeded; 0 / False leaves a family
+    out)."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, list[str], str]] = []
     for verb, (harmless, harmful) in SENSES.items():
@@ -662,12 +742,16 @@ def contrast_texts(seed: int = 0, frames_per_sense: int = 3, per_group: int = 6,
         for f in rng.choice(len(STANCE_NON_GROUP_FRAMES), 2, replace=False):
             rows.append((STANCE_NON_GROUP_FRAMES[f].format(t=t), 0, [], "stance"))
     rows += _pair_rows(REPLIES if replies else (), "replies")
+    for harmless, harmful, cats in STILLS if frames_per_still else ():
+        for f in rng.choice(len(STILL_FRAMES), frames_per_still, replace=False):  # the same frames on both sides
+            rows.append((STILL_FRAMES[f].format(x=harmless), 0, [], "stills"))
+            rows.append((STILL_FRAMES[f].format(x=harmful), 1, cats.split(";"), "stills"))
     df = pd.DataFrame(rows, columns=["text", "label", "categories", "family"])
     return df.drop_duplicates("text").reset_index(drop=True)
 
 
-__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "CLAIMS_PER_GROUP", "FRAMES_PER_ACT", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES",
+__all__ = ["ACTS", "ACT_FRAMES", "CHAT", "CLAIMS_PER_GROUP", "FRAMES_PER_ACT", "FRAMES_PER_STILL", "GROUP_HATE", "GROUP_HATE_REQUESTS", "GROUP_NAMES",
            "GROUP_REQUESTS", "GROUP_SAFE", "GROUP_SAFE_REQUESTS", "REPLIES", "ROLEPLAY_FRAMES", "SCENE_SAFE", "SCENE_UNSAFE",
            "SENSES", "SENSE_FRAMES", "STANCE_CLAIMS", "STANCE_HATE_FRAMES", "STANCE_NON_GROUPS",
-           "STANCE_NON_GROUP_FRAMES", "STANCE_SAFE_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "WITH_REPLIES",
+           "STANCE_NON_GROUP_FRAMES", "STANCE_SAFE_FRAMES", "STILLS", "STILL_FRAMES", "TASKS", "TASK_LEADS", "TOPICS", "WITH_REPLIES",
            "contrast_texts"]

@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
-from hysac.data.contrast import CLAIMS_PER_GROUP, FRAMES_PER_ACT, GROUP_REQUESTS, WITH_REPLIES, contrast_texts
+from hysac.data.contrast import CLAIMS_PER_GROUP, FRAMES_PER_ACT, FRAMES_PER_STILL, GROUP_REQUESTS, WITH_REPLIES, \
+    contrast_texts
 from hysac.data.paths import resolve_data_file
 from hysac.data.tables import label_value, read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
@@ -108,6 +109,7 @@ class CorpusConfig:
     contrast_acts: int = FRAMES_PER_ACT  # frames per pair of the contrast family "acts" (hysac.data.contrast.ACTS); 0: none
     contrast_stance: int = CLAIMS_PER_GROUP  # claims per group of the opt-in contrast family "stance" (contrast.STANCE_CLAIMS); 0: none
     contrast_replies: bool = WITH_REPLIES  # add the opt-in contrast family "replies" (contrast.REPLIES)
+    contrast_stills: int = FRAMES_PER_STILL  # frames per pair of the opt-in contrast family "stills" (contrast.STILLS); 0: none
     # the user's own labelled tables (CSV / JSONL / ...: text, label safe|unsafe, categories of unsafe rows), each a
     # source and a group of its own named "extra:<file stem>" (load_extra); a path or a list of paths
     extra: tuple[str, ...] | list[str] | str = ()
@@ -116,6 +118,22 @@ class CorpusConfig:
     # in training and k per class of its validation split in validation, and tests on the group's test split only
     # (a learning curve over k shares one test set; k = 0 is the unseen-register point on that set)
     leave_out_keep: int | None = None
+
+    def __post_init__(self) -> None:
+        """Counts and shares out of range are refused here, named, before any data is read."""
+        from hysac.data import contrast as ct
+
+        limits = {"max_coco": None, "max_offensive": None, "style_max_words": None,
+                  "contrast_group_requests": min(len(ct.GROUP_SAFE_REQUESTS), len(ct.GROUP_HATE_REQUESTS)),
+                  "contrast_acts": len(ct.ACT_FRAMES), "contrast_stance": len(ct.STANCE_CLAIMS),
+                  "contrast_stills": len(ct.STILL_FRAMES)}
+        for key, most in limits.items():
+            v = getattr(self, key)
+            if v is not None and (v < 0 or (most is not None and v > most)):
+                raise InputError(f"data.corpus.{key}: must be between 0 and {most}, got {v}" if most is not None
+                                 else f"data.corpus.{key}: must be >= 0, got {v}")
+        if not 0 <= self.style_fraction <= 1:
+            raise InputError(f"data.corpus.style_fraction: must be between 0 and 1, got {self.style_fraction}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CorpusConfig":
@@ -247,7 +265,7 @@ def load_register_sources(cfg: CorpusConfig) -> pd.DataFrame:
     if cfg.contrast:
         ct = contrast_texts(seed=cfg.seed, frames_per_act=cfg.contrast_acts,
                             group_requests=cfg.contrast_group_requests, claims_per_group=cfg.contrast_stance,
-                            replies=cfg.contrast_replies)
+                            replies=cfg.contrast_replies, frames_per_still=cfg.contrast_stills)
         add(ct["text"], "contrast", ct["label"].to_numpy(), ct["categories"])
     df = pd.concat(rows, ignore_index=True)
     # de-duplicate across sources: unsafe wins (a text labelled unsafe anywhere stays unsafe)
