@@ -27,7 +27,7 @@ source             group       rule
 ``extra:<name>``   itself      the user's own labelled tables (``extra``: one source and one group per file,
                                :func:`load_extra`): a register the data folder lacks, as labelled.
 ``contrast``       contrast    hand-written minimal pairs (:mod:`hysac.data.contrast`, with ``contrast``): the
-                               same trigger word, group of people, scene, written task, act, claim about a group
+                               same trigger word, group of people, scene, thing, written task, act, claim about a group
                                or strong words safe in one text and unsafe in the other, so a word alone predicts
                                nothing. Written for this corpus, in every fold of leave-one-source-out (it is not
                                a source of the data folder).
