@@ -53,8 +53,8 @@ import numpy as np
 import pandas as pd
 
 from hysac.data.categories import CATEGORIES, categories_to_multihot, parse_categories
-from hysac.data.contrast import CLAIMS_PER_GROUP, FRAMES_PER_ACT, FRAMES_PER_STILL, GROUP_REQUESTS, WITH_REPLIES, \
-    contrast_texts
+from hysac.data.contrast import ACT_FRAMES, CLAIMS_PER_GROUP, FRAMES_PER_ACT, FRAMES_PER_STILL, GROUP_HATE_REQUESTS, \
+    GROUP_REQUESTS, GROUP_SAFE_REQUESTS, STANCE_CLAIMS, STILL_FRAMES, WITH_REPLIES, contrast_texts
 from hysac.data.paths import resolve_data_file
 from hysac.data.tables import label_value, read_table
 from hysac.data.text import TextExample, TextSplits, clean_text, load_coco_captions, load_i2p, \
@@ -93,6 +93,14 @@ _TRENDING = ("trending on artstation", "trending on cgsociety", "featured on pix
              "deviantart contest winner", "behance contest winner", "unsplash contest winner", "pixabay contest winner")
 
 
+#: count settings of :class:`CorpusConfig` and the most each can be (None: no upper bound): a contrast family draws
+#: that many of its frames / claims / requests without replacement
+_COUNT_LIMITS: dict[str, int | None] = {
+    "max_coco": None, "max_offensive": None, "style_max_words": None,
+    "contrast_group_requests": min(len(GROUP_SAFE_REQUESTS), len(GROUP_HATE_REQUESTS)),
+    "contrast_acts": len(ACT_FRAMES), "contrast_stance": len(STANCE_CLAIMS), "contrast_stills": len(STILL_FRAMES)}
+
+
 @dataclass
 class CorpusConfig:
     data_dir: str | None = None
@@ -121,13 +129,7 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         """Counts and shares out of range are refused here, named, before any data is read."""
-        from hysac.data import contrast as ct
-
-        limits = {"max_coco": None, "max_offensive": None, "style_max_words": None,
-                  "contrast_group_requests": min(len(ct.GROUP_SAFE_REQUESTS), len(ct.GROUP_HATE_REQUESTS)),
-                  "contrast_acts": len(ct.ACT_FRAMES), "contrast_stance": len(ct.STANCE_CLAIMS),
-                  "contrast_stills": len(ct.STILL_FRAMES)}
-        for key, most in limits.items():
+        for key, most in _COUNT_LIMITS.items():
             v = getattr(self, key)
             if v is not None and (v < 0 or (most is not None and v > most)):
                 raise InputError(f"data.corpus.{key}: must be between 0 and {most}, got {v}" if most is not None
