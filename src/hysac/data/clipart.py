@@ -3,7 +3,9 @@
 ``apt-get install openclipart-png`` puts ~8,000 PNGs under ``/usr/share/openclipart/png/<category>/…``. Captions
 come from file names ("katana_dudziak_tomek_01.png" → "katana dudziak tomek"); the unsafe-ish subset is chosen by
 folder and name (weapons → violence; skulls, gallows → shocking). Decorative folders (patterns, gradients, stars)
-are left out, and safe images are subsampled to ``max_safe`` (seeded) to bound encoding time.
+are left out, and safe images are subsampled to ``max_safe`` (seeded) to bound encoding time. A chosen file that
+the image decoder would refuse by its header (over Pillow's decompression-bomb limit, too elongated, not an image)
+is dropped with a warning after the subsampling, so the other rows of a seed stay the same.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from ..errors import InputError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/png")
 _SKIP_DIRS = ("special/", "shapes/stars", "shapes/jigsaw", "shapes/arrows", "shapes/flowchart", "shapes/callouts")
@@ -66,4 +73,23 @@ def load_openclipart(root: str | Path | None = None, *, max_safe: int | None = 2
         if len(safe) > max_safe:
             keep = np.sort(np.random.default_rng(seed).choice(safe, size=max_safe, replace=False))
             df = pd.concat([df.iloc[keep], df[df["unsafe"] == 1]]).sort_values("codepoints")
+    ok = np.array([_refusal(p) is None for p in df["path"]], dtype=bool)
+    if not ok.all():
+        bad = df["path"][~ok].tolist()
+        logger.warning("Open Clip Art: %d file(s) the image decoder refuses were dropped (%s: %s)", len(bad), bad[0],
+                       _refusal(bad[0]))
+        df = df[ok]
     return df.reset_index(drop=True)
+
+
+def _refusal(path: str | Path) -> str | None:
+    """Why :func:`hysac.images.load_image` would refuse ``path`` by its header alone (no pixel is decoded), or
+    ``None``: Pillow's decompression-bomb limit, :func:`hysac.images.check_geometry`, an unreadable or unknown file."""
+    from ..images import check_geometry
+
+    try:
+        with Image.open(path) as im:
+            check_geometry(*im.size, f"image {path}")
+    except (InputError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        return str(e) or e.__class__.__name__
+    return None
