@@ -591,17 +591,78 @@ def test_redirect_report_margin_rule():
     rr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rr)
 
-    def row(m, red, keep):
-        return {"margin": m, "unsafe_safe_top1_redirect": red, "safe_keep_top1": keep}
+    def row(m, red, keep, n=300):
+        return {"margin": m, "unsafe_safe_top1_redirect": red, "safe_keep_top1": keep,
+                "unsafe_queries": n, "safe_queries": n}
 
-    # -0.07 is the shallowest to reach 95 %; -0.09 sends more but moves further from the topic
-    rows = [row(-0.05, 0.933, 1.0), row(-0.07, 0.950, 0.997), row(-0.09, 0.970, 0.993), row(-0.11, 0.99, 0.94)]
-    assert rr.pick_margin(rows) == -0.07
-    rows = [row(-0.03, 0.897, 0.990), row(-0.05, 0.920, 0.973), row(-0.06, 0.933, 0.950), row(-0.07, 0.943, 0.933)]
+    # -0.07 meets 95 % only as a point estimate (its lower bound is 0.925) and -0.09 (0.970) just misses too;
+    # -0.10 is the shallowest whose lower bound reaches 95 %; -0.11 sends more but its safe queries lose their top-1
+    rows = [row(-0.05, 0.933, 1.0), row(-0.07, 0.950, 0.997), row(-0.09, 0.970, 0.993), row(-0.10, 0.983, 0.990),
+            row(-0.11, 0.99, 0.94)]
+    assert rr.pick_margin(rows) == -0.10
+    # the same rates measured on many more queries are certain enough for -0.09 (a rate exactly at 95 % never is)
+    assert rr.pick_margin([{**r, "unsafe_queries": 100_000, "safe_queries": 100_000} for r in rows]) == -0.09
+    rows = [row(-0.03, 0.897, 0.990), row(-0.05, 0.920, 0.973), row(-0.06, 0.933, 0.980), row(-0.07, 0.943, 0.933)]
     assert rr.pick_margin(rows) == -0.06  # none reaches 95 %: the most among those keeping 95 %
-    assert rr.pick_margin([row(-0.04, 0.93, 0.96), row(-0.05, 0.93, 0.95)]) == -0.04  # a tie: the shallower
+    assert rr.pick_margin([row(-0.04, 0.93, 0.99), row(-0.05, 0.93, 0.98)]) == -0.04  # a tie: the shallower
     assert rr.pick_margin([row(-0.04, 0.93, 0.90), row(-0.05, 0.95, 0.80)]) == -0.04  # none keeps 95 %
     assert rr._margins("-0.05,-0.03, -0.05") == [-0.03, -0.05]
+
+
+def test_redirect_report_lower_bound_is_the_wilson_bound():
+    """scripts/redirect_report.py lower_bound: the Wilson score bound is the p0 below the observed rate at which the
+    rate sits ``z`` standard errors (of p0) above it; it is below the rate, rises toward it with n, and is
+    1 / (1 + z²/n) for a rate of 1."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "redirect_report", Path(__file__).resolve().parents[1] / "scripts" / "redirect_report.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    z = rr.CONFIDENCE_Z
+    rng = np.random.default_rng(0)
+    for rate, n in zip(rng.uniform(0.05, 0.99, 50), rng.integers(20, 5000, 50)):
+        lb = rr.lower_bound(float(rate), int(n))
+        assert 0 < lb < rate
+        assert (rate - lb) / np.sqrt(lb * (1 - lb) / n) == pytest.approx(z, rel=1e-6)
+        assert rr.lower_bound(float(rate), int(n) * 4) > lb
+    assert rr.lower_bound(1.0, 300) == pytest.approx(1 / (1 + z * z / 300))
+    assert rr.lower_bound(0.95, 300) < 0.95 and rr.lower_bound(0.0, 300) == pytest.approx(0.0, abs=1e-12) and rr.lower_bound(0.9, 0) == 0.0
+
+
+def test_redirect_report_from_json_chooses_again_without_measuring(tmp_path):
+    """scripts/redirect_report.py --from-json: the margin is chosen again by the rule from a saved report's
+    validation rows and the report rewritten from its rows; a file that is not a report gets one line."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "redirect_report", Path(__file__).resolve().parents[1] / "scripts" / "redirect_report.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    base = {"gallery": 3000, "gallery_safe": 2224, "unsafe_queries": 300, "safe_queries": 300,
+            "unsafe_safe_top1_off": 0.56, "counterpart_in_top10": 0.7, "counterpart_in_top10_off": 0.8,
+            "counterpart_rank_median": 3.0, "counterpart_rank_median_off": 2.0, "random_safe_rank_median": 1070.0,
+            "random_safe_in_top10": 0.01, "model": "m", "traversal": {"trigger": "threshold"}, "chosen_model": True}
+    val = [{**base, "margin": m, "unsafe_safe_top1_redirect": u, "safe_keep_top1": k}
+           for m, u, k in [(-0.07, 0.950, 0.997), (-0.10, 0.983, 0.990)]]
+    src = tmp_path / "old.json"
+    src.write_text(json.dumps({"chosen_margin": -0.07, "validation": val, "test": val}))
+    monkey_argv = ["redirect_report.py", "--from-json", str(src), "--out", str(tmp_path / "new")]
+    old_argv, sys.argv = sys.argv, monkey_argv
+    try:
+        rr.main()
+    finally:
+        sys.argv = old_argv
+    assert json.loads((tmp_path / "new.json").read_text())["chosen_margin"] == -0.10
+    md = (tmp_path / "new.md").read_text()
+    assert "**Chosen: -0.10.**" in md and "| -0.10 ← | 98.3%, 96.6% |" in md
+    assert "margin -0.10, moves queries judged unsafe (**chosen on validation**)" in md
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="--from-json .*bad.json: not a redirect report"):
+        rr.rerender(tmp_path / "bad.json", tmp_path / "x")
 
 
 def test_register_thresholds_report_rates_use_each_texts_threshold():

@@ -40,8 +40,8 @@ def test_classify_cli_offline(tmp_path):
     assert max(rows[2]["categories"], key=rows[2]["categories"].get) in ("violence", "shocking")
 
 
-REDIRECT_SAFE_TOP1 = 0.95  # measured 0.960 on the shipped model (issue target 0.95; reports/hysac-mini/redirect.md)
-REDIRECT_KEEP_TOP1 = 0.98  # measured 0.997 (issue target 0.95): only queries judged unsafe move
+REDIRECT_SAFE_TOP1 = 0.95  # measured 0.983 at margin -0.10 (issue target 0.95; reports/hysac-mini/redirect.md)
+REDIRECT_KEEP_TOP1 = 0.98  # measured 0.990 (issue target 0.95): only queries judged unsafe move
 
 
 @needs_data
@@ -77,7 +77,7 @@ def test_redirect_on_a_gallery_of_every_register(model, tmp_path):
                         for a, b in zip(off, red_s)])
     assert red >= REDIRECT_SAFE_TOP1, red
     assert same >= REDIRECT_KEEP_TOP1, same
-    assert red >= plain + 0.2  # redirection is what makes the difference (measured 0.560 → 0.960)
+    assert red >= plain + 0.2  # redirection is what makes the difference (measured 0.560 → 0.983)
 
 
 @needs_data
