@@ -3,6 +3,7 @@
     python scripts/redirect_report.py --model hysac-mini --model /path/to/other --out reports/hysac-mini/redirect
     python scripts/redirect_report.py --model hysac-mini --margins=-0.04,-0.05,-0.06,-0.07,-0.08,-0.09,-0.10,-0.12 \
         --out ...
+    python scripts/redirect_report.py --from-json reports/hysac-mini/redirect.json --out ...  # choose again, no run
 
 Gallery: 3,000 train+val texts of the register corpus (both classes, every register; seeded). Queries: up to 300
 held-out unsafe and 300 held-out safe test texts. For each model:

@@ -81,6 +81,25 @@ def test_config_errors(tmp_path):
         with pytest.raises(InputError, match="select_tolerance"):
             load_config(None, bad_tol)
     assert load_config(None, ["select_tolerance=0.005"])["select_tolerance"] == 0.005
+    for bad_seed in (["seed=-1"], ["seed=x"], ["seed=true"], ["data.split_seed=-2"], ["data.split_seed=0.5"]):
+        with pytest.raises(InputError, match=bad_seed[0].split("=")[0]):
+            load_config(None, bad_seed)
+
+
+def test_split_seed_draws_the_data_and_seed_the_model(monkeypatch):
+    """data.split_seed (when set) is the seed every data draw gets; the top-level seed is the default for it and
+    stays the model's: seed=3 data.split_seed=0 splits the data like seed 0."""
+    from hysac.train import data as D
+
+    seen = []
+    monkeypatch.setattr("hysac.data.corpus.register_splits", lambda c: seen.append(c["seed"]) or "splits")
+    for overrides, want in (([], 0), (["seed=3"], 3), (["seed=3", "data.split_seed=0"], 0),
+                            (["data.split_seed=5"], 5)):
+        cfg = load_config(None, overrides + ["data.corpus={}"])
+        assert D.data_seed(cfg) == want
+        assert D.text_splits(cfg) == "splits"
+    assert seen == [0, 3, 0, 5]
+    assert D.data_seed({"seed": 7, "data": {}}) == 7 and D.data_seed({"data": {"split_seed": None}}) == 0
 
 
 def test_safeclip_objective_runs_and_saves(tmp_path, clip_folder):

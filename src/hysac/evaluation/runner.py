@@ -126,6 +126,7 @@ class Evaluation:
         """Compare each offline-dev dataset with each model's exported training config (same split settings?)."""
         import inspect
 
+        from ..train.data import data_seed
         from .datasets import offline_dev
 
         defaults = {k: p.default for k, p in inspect.signature(offline_dev).parameters.items()}
@@ -137,7 +138,7 @@ class Evaluation:
             for spec in self.cfg.datasets:
                 if spec.kind != "offline-dev":
                     continue
-                trained = {**tc["data"], "seed": tc.get("seed", 0)}
+                trained = {**tc["data"], "seed": data_seed(tc)}
                 diff = []
                 for k in self.SPLIT_KEYS:
                     mine = spec.options.get(k, defaults.get(k))

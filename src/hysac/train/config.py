@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
         "photos": False,  # real photos (hysac.data.photos) in the validation / test splits, never trained on
         "val_fraction": 0.15,
         "test_fraction": 0.15,
+        # the seed that draws the data (splits, subsamples, styling, image pools); null: the top-level seed, which
+        # also draws initialisation, batch order and dropout (seed=1 data.split_seed=0: same splits, new model seed)
+        "split_seed": None,
         "visu_train": None, "visu_val": None, "visu_test": None, "coco_root": None, "visu_root": None,
         # rows per step of each family (see hysac.train.data)
         "batch": {"unsafe_text": 128, "safe_text": 128, "safe_image": 64, "unsafe_image": 16, "quad": 32},
@@ -191,6 +194,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
     if cfg["optim"].get("schedule", "cosine") not in ("cosine", "constant"):
         raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {cfg['optim'].get('schedule')!r}")
+    for name, value in (("seed", cfg.get("seed")), ("data.split_seed", cfg["data"].get("split_seed"))):
+        if value is None and name != "seed":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{name} must be a whole number >= 0{' or null' if name != 'seed' else ''}, "
+                             f"got {value!r}")
     if cfg["data"].get("balance") not in (None, "groups"):
         raise InputError(f"data.balance must be groups or null, got {cfg['data'].get('balance')!r}")
     if not isinstance(cfg["loss"].get("gather_negatives", True), bool):

@@ -160,13 +160,21 @@ def _pair_by_register(unsafe, safe, u_feats, s_feats, pair_nearest) -> np.ndarra
     return out
 
 
+def data_seed(cfg: dict) -> int:
+    """The seed that draws the data of a training config — splits, subsamples, styling, the image pools:
+    ``data.split_seed`` when set, else the top-level ``seed`` (which also draws the initialisation, the batch order
+    and dropout). ``seed=1 data.split_seed=0`` retrains on the same splits with another model seed."""
+    s = (cfg.get("data") or {}).get("split_seed")
+    return int(cfg.get("seed", 0) if s is None else s)
+
+
 def text_splits(cfg: dict):
-    """The train/val/test text splits of an offline training config (``data``, ``seed``): every register of the
+    """The train/val/test text splits of an offline training config (``data``, :func:`data_seed`): every register of the
     corpus (:func:`hysac.data.corpus.register_splits`) when ``data.corpus`` is set, else I2P + COCO + safe art.
     Training, ``--dry-run`` and the reports that rebuild a model's splits from its ``training_config.json`` all
     call this, so their splits agree."""
     d = cfg["data"]
-    seed = int(cfg["seed"])
+    seed = data_seed(cfg)
     if d.get("corpus") is not None:  # every register, both classes in each (hysac.data.corpus)
         from ..data.corpus import register_splits
 
@@ -184,7 +192,7 @@ def build_offline(cfg: dict, text_features: Callable[[list[str]], "np.ndarray"])
     ``text_features(texts) -> (N, d)`` is the frozen text space used to pair prompts with safe captions.
     """
     d = cfg["data"]
-    seed = int(cfg["seed"])
+    seed = data_seed(cfg)
     splits = text_splits(cfg)
     cap = d.get("max_per_source")
 
@@ -366,7 +374,7 @@ def preflight(cfg: dict) -> dict:
             if d.get(key) is not None and not Path(d[key]).expanduser().exists():
                 raise InputError(f"data.{key}: {d[key]} does not exist")
         return out
-    seed = int(cfg["seed"])
+    seed = data_seed(cfg)
     splits = text_splits(cfg)
     out["data"]["texts"] = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
     images = {"openmoji": f"rendered at {d['openmoji_size']} px"}

@@ -40,7 +40,7 @@ from ..policy import over_threshold
 from ..safety import CATEGORIES, fit_bounds
 from .categories import RefitConfig, refit_category_head, weighted_rows
 from .config import dump_config
-from .data import TrainData, build_offline, build_visu, epoch_order, step_rows, steps_per_epoch
+from .data import TrainData, build_offline, build_visu, data_seed, epoch_order, step_rows, steps_per_epoch
 
 _SCALARS = ("curv", "visual_alpha", "textual_alpha", "logit_scale")
 
@@ -321,6 +321,7 @@ class Trainer:
         self.rank, self.world = _dist()
         self.out = Path(cfg["out_dir"])
         self.seed = int(cfg["seed"])
+        self.data_seed = data_seed(cfg)  # draws the data and the class photos (data.split_seed, else seed)
         dev = cfg.get("device", "auto")
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
         amp = cfg.get("amp", "auto")
@@ -640,7 +641,7 @@ class Trainer:
             return {}
         self.model.eval()
         q = self.model.lift_text(self.feat.text(torch.as_tensor(self.prompt_eval), pool="prompts").float())
-        gen = torch.Generator().manual_seed(self.seed + 12345)
+        gen = torch.Generator().manual_seed(self.data_seed + 12345)
         classes = torch.arange(len(self.prompt_eval))
         g = torch.cat([self.model.lift_image(self.model.backbone.class_photo_features(classes[i:i + 250], gen).float())
                        for i in range(0, len(classes), 250)])
@@ -881,7 +882,7 @@ class Trainer:
         names = self.model.backbone.class_names() if self.cfg["objective"] == "hysac" else None
         if not names:
             return None
-        gen = torch.Generator().manual_seed(self.seed + 54321)
+        gen = torch.Generator().manual_seed(self.data_seed + 54321)
         classes = torch.arange(len(names)).repeat(per_class)
         x = torch.cat([self.model.lift_image(self.model.backbone.class_photo_features(classes[i:i + 500], gen).float())
                        for i in range(0, len(classes), 500)]).cpu()
