@@ -10,10 +10,9 @@ is dropped with a warning after the subsampling, so the other rows of a seed sta
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-
-import logging
 
 import numpy as np
 import pandas as pd
@@ -73,11 +72,12 @@ def load_openclipart(root: str | Path | None = None, *, max_safe: int | None = 2
         if len(safe) > max_safe:
             keep = np.sort(np.random.default_rng(seed).choice(safe, size=max_safe, replace=False))
             df = pd.concat([df.iloc[keep], df[df["unsafe"] == 1]]).sort_values("codepoints")
-    ok = np.array([_refusal(p) is None for p in df["path"]], dtype=bool)
+    why = [_refusal(p) for p in df["path"]]
+    ok = np.array([w is None for w in why], dtype=bool)
     if not ok.all():
-        bad = df["path"][~ok].tolist()
-        logger.warning("Open Clip Art: %d file(s) the image decoder refuses were dropped (%s: %s)", len(bad), bad[0],
-                       _refusal(bad[0]))
+        first = int(np.flatnonzero(~ok)[0])
+        logger.warning("Open Clip Art: %d file(s) the image decoder refuses were dropped (%s: %s)", int((~ok).sum()),
+                       df["path"].iloc[first], why[first])
         df = df[ok]
     return df.reset_index(drop=True)
 

@@ -151,7 +151,7 @@ def _fold(cfg: dict, group: str, baselines: Sequence[str], log: Callable[[str], 
     texts = [trainer.data.texts[i] for i in test.text_idx]
     spec = str(cfg.get("threshold_criterion", "register_fpr@0.05")).split("@", 1)[-1]
     base = trainer.feat.text_cache  # None when the text tower trains: no frozen features to probe
-    sets = retrieval_sets(y, seed=int(cfg.get("seed", 0)))
+    sets = retrieval_sets(y, seed=trainer.data_seed)  # a draw of the data: data.split_seed when set, else seed
     pool = np.asarray(test.text_idx)
     retrieval: dict[str, Any] = {}
     if sets is not None:
