@@ -194,12 +194,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise InputError(f"objective must be 'hysac' or 'safeclip', got {cfg['objective']!r}")
     if cfg["optim"].get("schedule", "cosine") not in ("cosine", "constant"):
         raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {cfg['optim'].get('schedule')!r}")
-    for name, value in (("seed", cfg.get("seed")), ("data.split_seed", cfg["data"].get("split_seed"))):
-        if value is None and name != "seed":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InputError(f"{name} must be a whole number >= 0{' or null' if name != 'seed' else ''}, "
-                             f"got {value!r}")
+    for name, value, nullable in (("seed", cfg.get("seed"), False),
+                                  ("data.split_seed", cfg["data"].get("split_seed"), True)):
+        if (value is not None or not nullable) and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InputError(f"{name} must be a whole number >= 0{' or null' if nullable else ''}, got {value!r}")
     if cfg["data"].get("balance") not in (None, "groups"):
         raise InputError(f"data.balance must be groups or null, got {cfg['data'].get('balance')!r}")
     if not isinstance(cfg["loss"].get("gather_negatives", True), bool):
